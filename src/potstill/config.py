@@ -1,0 +1,338 @@
+"""The job spec: pydantic models of job.yaml, and the loader that reports every problem at once.
+
+    spec = load_spec("job.yaml")          # -> JobSpec, paths resolved against the file's folder
+    JobSpec.model_validate(dict)          # the same rules from Python
+
+Every model forbids unknown fields; a typo is reported with the closest valid name and, for YAML, the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+TaskType = Literal["nli", "qa", "math", "conversation", "summarization"]
+TASK_TYPES: tuple[str, ...] = typing.get_args(TaskType)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- teacher
+class HFTeacher(_Strict):
+    """A local Hugging Face causal LM (hub id or folder) used as the teacher."""
+
+    kind: Literal["hf"] = "hf"
+    model: str = Field(description="hub id or local folder of the teacher checkpoint")
+    tokenizer: str | None = Field(None, description="tokenizer id/folder when it differs from `model`")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(16, ge=1, le=4096, description="prompts per generate() call")
+
+
+TeacherSpec = Annotated[Union[HFTeacher], Field(discriminator="kind")]  # noqa: UP007  (more kinds join here)
+
+
+# --------------------------------------------------------------------------------------------- student
+class LoraSpec(_Strict):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="default: all attention and MLP projections")
+
+
+class StudentSpec(_Strict):
+    model: str = Field(description="hub id or local folder of the student to start from")
+    tokenizer: str | None = None
+    lora: LoraSpec | None = Field(None, description="omit for full fine-tuning")
+    device: str = "auto"
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataSpec(_Strict):
+    training: Path = Field(description="chat JSONL or {prompt, answer} JSONL the teacher answers")
+    validation: Path = Field(description="validation prompts (teacher-answered; validation loss and eval)")
+    test: Path | None = Field(None, description="held-out rows with references for evaluation")
+
+
+class PromptSpec(_Strict):
+    system: str | None = Field(None, description="system prompt for the teacher; default: the task's")
+    template: str | None = Field(None, description="user-message template, e.g. 'Q: {question}'")
+
+
+class GenerationSpec(_Strict):
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="teacher sampling temperature; default hyperparameters.temperature"
+    )
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, le=131072)
+    samples: int = Field(1, ge=1, le=64, description="answers per prompt (self-consistency)")
+    chain_of_thought: bool = False
+    concurrency: int = Field(16, ge=1, le=4096)
+    seed: int = 0
+    stop: list[str] | None = None
+
+
+# --------------------------------------------------------------------------------------------- training
+class Hyperparameters(_Strict):
+    learning_rate: float = Field(2e-5, gt=0, le=1, description="peak learning rate (1e-5..5e-5 for LLMs)")
+    batch_size: int = Field(2, ge=1, le=65536, description="examples per optimiser step and process")
+    num_epochs: float = Field(3, gt=0, le=1000, description="passes over the kept teacher outputs")
+    temperature: float = Field(
+        0.7, gt=0, le=20, description="distillation temperature: KD soft targets; teacher sampling default"
+    )
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_seq_len: int = Field(1024, ge=8)
+    eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and each epoch)")
+    save_every: int = Field(50, ge=1, description="checkpoint every N steps (resume after a crash)")
+    seed: int = 42
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+class EvaluationSpec(_Strict):
+    metrics: list[Literal["accuracy", "bleu", "rouge", "latency", "memory"]] = ["accuracy", "latency", "memory"]
+    baseline: bool = Field(True, description="also evaluate the untouched student")
+    teacher: bool = Field(True, description="also evaluate the teacher")
+    max_new_tokens: int = Field(128, ge=1)
+    max_examples: int | None = Field(None, ge=1, description="cap on scored rows")
+    latency_samples: int = Field(16, ge=1, description="prompts timed one at a time (batch 1)")
+    batch_size: int = Field(16, ge=1, description="batch size for scoring and throughput")
+
+
+# --------------------------------------------------------------------------------------------- job
+FILTER_NAMES = ("nonempty", "parse", "max_tokens")
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    task_type: TaskType
+    teacher: TeacherSpec
+    student: StudentSpec
+    data: DataSpec
+    prompts: PromptSpec = PromptSpec()
+    generation: GenerationSpec = GenerationSpec()
+    filters: list[str | dict[str, Any]] = ["nonempty", "parse", "max_tokens"]
+    hyperparameters: Hyperparameters = Hyperparameters()
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, v: Any) -> Any:
+        return {"kind": "hf", "model": v} if isinstance(v, str) else v
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _student_shorthand(cls, v: Any) -> Any:
+        return {"model": v} if isinstance(v, str) else v
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for item in v:
+            names = [item] if isinstance(item, str) else list(item)
+            for name in names:
+                if name not in FILTER_NAMES:
+                    raise ValueError(f"unknown filter {name!r}{_suggest(name, FILTER_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _sampling(self) -> JobSpec:
+        if self.generation.samples > 1 and self.sampling_temperature == 0:
+            raise ValueError("generation.samples > 1 needs a temperature above 0 (identical samples otherwise)")
+        return self
+
+    @property
+    def sampling_temperature(self) -> float:
+        t = self.generation.temperature
+        return self.hyperparameters.temperature if t is None else t
+
+    def resolved(self, base: Path) -> JobSpec:
+        """Relative data paths (and local model folders) made absolute against ``base``."""
+        spec = self.model_copy(deep=True)
+        for field in ("training", "validation", "test"):
+            p = getattr(spec.data, field)
+            if p is not None and not p.is_absolute():
+                setattr(spec.data, field, (base / p).resolve())
+        for part in (spec.teacher, spec.student):
+            for attr in ("model", "tokenizer"):
+                val = getattr(part, attr, None)
+                if val and _looks_local(val) and (base / val).exists():
+                    setattr(part, attr, str((base / val).resolve()))
+        return spec
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec as plain data (no secrets live in the spec: keys are named by variable)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _looks_local(val: str) -> bool:
+    return val.startswith((".", "/", "~")) or (os.sep in val and not _is_hub_id(val))
+
+
+def _is_hub_id(val: str) -> bool:
+    parts = val.split("/")
+    return len(parts) == 2 and all(parts) and not val.startswith((".", "/"))
+
+
+# --------------------------------------------------------------------------------------------- loading
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a job YAML; raises ConfigError listing every problem with its line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"job file not found: {p} (pass the path of a job YAML, see examples/)")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+        lines = _yaml_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=where) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the job file must be a YAML mapping (name:, task_type:, teacher:, ...)", source=str(p))
+    return validate_spec(data, source=str(p), lines=lines).resolved(p.parent.resolve())
+
+
+def validate_spec(
+    data: dict[str, Any], source: str | None = None, lines: dict[tuple[str, ...], int] | None = None
+) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_problems(exc, source, lines or {})) from None
+
+
+def format_problems(exc: ValidationError, source: str | None, lines: dict[tuple[str, ...], int]) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(x) for x in err["loc"])
+        shown = _user_loc(loc)
+        path = ".".join(shown) or "(top level)"
+        line = lines.get(shown) or _nearest_line(shown, lines)
+        where = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            msg = f"unknown field '{loc[-1]}'{_suggest(loc[-1], valid)}"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict | list):
+                msg += f" (got {err['input']!r})"
+        problems.append(f"{where}{path}: {msg}")
+    return problems
+
+
+def _suggest(name: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.7)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _user_loc(loc: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop pydantic's union tags (e.g. ('teacher', 'hf', 'model') -> ('teacher', 'model'))."""
+    out: list[str] = []
+    model: Any = JobSpec
+    for part in loc:
+        fields = _model_fields(model)
+        if fields is None:
+            out.append(part)
+            continue
+        if part in fields:
+            out.append(part)
+            model = fields[part]
+        elif isinstance(model, list):  # discriminated union: part is the tag
+            model = next((m for m in model if _tag(m) == part), None)
+        elif _tag(model) == part:  # a one-member discriminated union
+            continue
+        else:
+            out.append(part)
+            model = None
+    return tuple(out)
+
+
+def _fields_at(loc: tuple[str, ...]) -> list[str]:
+    model: Any = JobSpec
+    for part in loc:
+        fields = _model_fields(model)
+        if isinstance(model, list) and not (fields and part in fields):
+            model = next((m for m in model if _tag(m) == part), None)
+            continue
+        if fields and part not in fields and _tag(model) == part:
+            continue
+        model = fields.get(part) if fields else None
+    fields = _model_fields(model)
+    return list(fields) if fields else []
+
+
+def _model_fields(model: Any) -> dict[str, Any] | None:
+    """Field name -> nested model (a class, a list of union members, or None)."""
+    if isinstance(model, list):
+        merged: dict[str, Any] = {}
+        for m in model:
+            merged.update(_model_fields(m) or {})
+        return merged
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: _nested(f.annotation) for name, f in model.model_fields.items()}
+    return None
+
+
+def _nested(ann: Any) -> Any:
+    origin = typing.get_origin(ann)
+    if origin is Annotated:
+        return _nested(typing.get_args(ann)[0])
+    if origin in (Union, types.UnionType):
+        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if len(models) == 1 else (models or None)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return None
+
+
+def _tag(model: Any) -> str | None:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+    f = model.model_fields.get("kind")
+    return f.default if f is not None else None
+
+
+def _yaml_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path to its 1-based line in the YAML text."""
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                out[(*path, str(i))] = v.start_mark.line + 1
+                walk(v, (*path, str(i)))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _nearest_line(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    for n in range(len(loc) - 1, 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None

@@ -1,0 +1,1 @@
+"""Evaluation: task metrics, speed and memory of every model, results.json."""

@@ -1,0 +1,1 @@
+"""The report: built from a run's files alone."""

@@ -1,0 +1,177 @@
+"""Local Hugging Face causal LMs: loading (hub id or folder), chat formatting, batched left-padded generation.
+
+    lm = LocalModel.load("path/or/hub-id", device="auto", dtype="auto")
+    outs = lm.generate([[{"role": "user", "content": "2+3?"}]], max_new_tokens=32)   # -> [Completion]
+
+Used for the local teacher and, in evaluation, for every local model, so all are measured the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import PotstillError
+
+# The plain template used when a tokenizer ships none. Each turn is "<|role|>\n{content}<|end|>\n"; the
+# generation prompt is "<|assistant|>\n"; generation stops at "<|end|>" (the tokenizer's eos).
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars or info chatter from transformers while loading and saving."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise PotstillError(
+            f"cannot load a tokenizer from {name!r}: {str(exc).splitlines()[0]} "
+            "(give a local folder with tokenizer files, or a hub id that is cached)"
+        ) from None
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = PLAIN_CHAT_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, device: torch.device, dtype: torch.dtype) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise PotstillError(
+            f"cannot load a causal LM from {name!r}: {str(exc).splitlines()[0]} "
+            "(give a local folder with config.json and weights, or a hub id that is cached)"
+        ) from None
+    return model.to(device).eval()
+
+
+class LocalModel:
+    def __init__(self, model: Any, tokenizer: Any, name: str = "") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def load(
+        cls, name: str | Path, tokenizer: str | None = None, device: str = "auto", dtype: str = "auto"
+    ) -> LocalModel:
+        dev = pick_device(device)
+        tok = load_tokenizer(str(tokenizer or name))
+        model = load_causal_lm(str(name), dev, pick_dtype(dtype, dev))
+        return cls(model, tok, str(name))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def chat_text(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _stop_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        end = self.tokenizer.convert_tokens_to_ids("<|end|>")
+        if isinstance(end, int) and end != self.tokenizer.unk_token_id:
+            ids.add(end)
+        return [i for i in ids if i is not None]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        conversations: list[list[dict[str, str]]],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """Answer each conversation; batches are formed from length-sorted prompts, results in input order."""
+        texts = [self.chat_text(m) for m in conversations]
+        enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+        out: list[Completion | None] = [None] * len(enc)
+        stop = self._stop_ids()
+        pad = self.tokenizer.pad_token_id
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(enc[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, width - len(enc[i]) :] = torch.tensor(enc[i])
+                mask[r, width - len(enc[i]) :] = 1
+            if seed is not None:
+                torch.manual_seed(seed + b)
+            sample = temperature > 0
+            t0 = time.perf_counter()
+            gen = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=None,
+                eos_token_id=stop,
+                pad_token_id=pad,
+            )
+            dt = time.perf_counter() - t0
+            new = gen[:, width:].cpu()
+            for r, i in enumerate(idx):
+                row = new[r].tolist()
+                cut = next((k for k, t in enumerate(row) if t in stop), None)
+                finish = "stop" if cut is not None else "length"
+                toks = row[:cut] if cut is not None else row
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                out[i] = Completion(text.strip(), finish, len(enc[i]), len(toks), dt / len(idx))
+        return [c for c in out if c is not None]

@@ -1,0 +1,1 @@
+"""Student training: tokenisation with assistant-only loss (data.py), the loop (trainer.py), the stage."""
