@@ -92,6 +92,7 @@ def run_validate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                             "messages": [*row["messages"], {"role": "assistant", "content": row["output"]}],
                             "answer": task.parse(row["output"]),
                             "reference": row.get("reference"),
+                            **({"logprobs": row["logprobs"]} if row.get("logprobs") else {}),
                         }
                     )
             report["splits"][split] = {

@@ -3,6 +3,13 @@
 Reads data.training / data.validation; writes teacher/cache.sqlite (journal of every call) and
 teacher/outputs/<split>.jsonl (one row per prompt and sample: id, sample, messages, output, finish_reason,
 reference). A prompt already in the cache is never sent again, so an interrupted stage resumes where it stopped.
+
+Optional per-row field for logit distillation (generation.logprobs = k), passed through validation into
+data/train.jsonl:
+    "logprobs": {"tokens": [str, ...],            the generated tokens as text pieces, one per position
+                 "top": [[[str, float], ...], ...], the k most likely tokens and their logprobs, per position
+                 "token_ids": [int, ...],          only from a local teacher: ids in the teacher's vocabulary
+                 "top_ids": [[int, ...], ...]}     only from a local teacher
 """
 
 from __future__ import annotations
