@@ -78,3 +78,36 @@ def rouge(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
             totals[k] += s[k].fmeasure
     n = max(1, len(hyps))
     return {k: v / n for k, v in totals.items()}
+
+
+def task_metrics(
+    task_type: str,
+    outputs: Sequence[str],
+    parsed: Sequence[str | None],
+    references: Sequence[str | None],
+    correct: Sequence[bool | None],
+) -> dict[str, float]:
+    """The metrics a task type reports, over the rows that have a reference (empty dict when none do).
+
+    ``outputs`` are the raw model texts, ``parsed`` the task parser's answers, ``references`` the gold texts
+    (None when a row has none) and ``correct`` the task scorer's verdict per row.
+    """
+    rows = [(o, p, r, c) for o, p, r, c in zip(outputs, parsed, references, correct, strict=True) if r is not None]
+    if not rows:
+        return {}
+    outs, preds, refs, corr = (list(x) for x in zip(*rows, strict=True))
+    out: dict[str, float] = {"accuracy": accuracy(corr) or 0.0}
+    match task_type:
+        case "nli":
+            golds = [
+                next((lab for lab in ("entailment", "neutral", "contradiction") if lab in r.lower()), r) for r in refs
+            ]
+            out["macro_f1"] = macro_f1(preds, golds)
+        case "qa":
+            out["exact_match"] = exact_match(preds, refs)
+            out["f1"] = token_f1(preds, refs)
+        case "conversation" | "summarization":
+            out["bleu"] = bleu(outs, refs)
+            out["chrf"] = chrf(outs, refs)
+            out.update(rouge(outs, refs))
+    return out
