@@ -16,8 +16,10 @@ PINNED = [
     "PotstillError",
     "TeacherError",
     "TrainingError",
+    "export",
     "load_job",
     "load_result",
+    "serve",
 ]
 
 

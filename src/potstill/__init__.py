@@ -16,7 +16,9 @@ from .errors import (
     TeacherError,
     TrainingError,
 )
+from .exporter import export
 from .job import DistillationJob, DistillationResult, ModelResult, load_job, load_result
+from .server import serve
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,8 @@ __all__ = [
     "PotstillError",
     "TeacherError",
     "TrainingError",
+    "export",
     "load_job",
     "load_result",
+    "serve",
 ]

@@ -3,6 +3,8 @@
     potstill run job.yaml [--run-dir runs/NAME]      every stage, resuming a previous run
     potstill generate|validate|train|evaluate|report RUN_DIR     one stage of an existing run
     potstill status RUN_DIR                          each stage's state, counts and time
+    potstill export RUN_DIR --format hf,onnx,onnx-int8   the student as a merged HF folder / ONNX (checked)
+    potstill serve MODEL_DIR|RUN_DIR [--port 8000]   an OpenAI-compatible server on 127.0.0.1
     potstill demo [--quick]                          the offline demo
 
 Exit codes: 0 ok, 2 bad input (spec or data), 1 any other failure. Errors are one line each, on stderr.
@@ -151,6 +153,64 @@ def status(run_dir: RunDirArg) -> None:
         counts = s.get("counts") or ({"error": s["error"]} if s.get("error") else {})
         table.add_row(name, st, elapsed, json.dumps(counts, default=str)[:120])
     out.print(table)
+
+
+@app.command("export")
+@_guard
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (its student/) or a model folder")],
+    format: Annotated[
+        list[str], typer.Option("--format", "-f", help="hf | onnx | onnx-int8; repeat or comma-separate")
+    ] = ["hf"],  # noqa: B006  (typer reads the default; it is never mutated)
+    out_dir: Annotated[Path | None, typer.Option("--out", help="where to write (default RUN_DIR/export)")] = None,
+    prompts: Annotated[int, typer.Option(help="fixed prompts for the parity check and timing")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="greedy tokens per parity prompt")] = 32,
+    min_int8_agreement: Annotated[
+        float, typer.Option(help="share of prompts whose int8 greedy answer must equal torch's")
+    ] = 0.5,
+) -> None:
+    """Export the distilled student (merged HF, ONNX, ONNX int8), check parity, write the model card."""
+    from .exporter import export
+
+    done = export(run_dir, format, out_dir, prompts, max_new_tokens, min_int8_agreement, log=_say)
+    for fmt, path in done.items():
+        out.print(f"{fmt}: {path}  (model card: {path / 'README.md'})")
+
+
+@app.command()
+@_guard
+def serve(
+    path: Annotated[Path, typer.Argument(help="a model folder, an ONNX export folder, or a run folder")],
+    host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    format: Annotated[str, typer.Option(help="for a run folder: auto (student/) | hf | onnx | onnx-int8")] = "auto",
+    model_name: Annotated[str | None, typer.Option(help="the model id clients send (default: folder name)")] = None,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="NAME of the env variable holding the key clients must send as Bearer")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps (torch models)")] = "auto",
+    max_tokens: Annotated[int, typer.Option(help="cap on max_tokens per request (and its default)")] = 512,
+    max_messages: Annotated[int, typer.Option(help="cap on messages per request")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="cap on the request body size")] = 1 << 20,
+    max_batch: Annotated[int, typer.Option(help="requests decoded together")] = 8,
+) -> None:
+    """Serve a student with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
+    from .server import serve as run_server
+
+    run_server(
+        path,
+        host=host,
+        port=port,
+        format=format,
+        model_name=model_name,
+        api_key_env=api_key_env,
+        device=device,
+        max_tokens=max_tokens,
+        max_messages=max_messages,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        log=_say,
+    )
 
 
 @app.command()

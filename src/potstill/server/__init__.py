@@ -1,0 +1,96 @@
+"""`potstill serve MODEL_DIR|RUN_DIR`: an OpenAI-compatible server for a distilled student.
+
+    serve("runs/support-bot")                          # the run's student/, on http://127.0.0.1:8000/v1
+    serve("runs/support-bot", format="onnx-int8")      # its ONNX int8 export (run `potstill export` first)
+    serve("models/x", port=9000, api_key_env="STUDENT_KEY")
+
+Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (stream or not). Ctrl-C / SIGTERM stops
+taking connections, lets running requests finish, then exits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, PotstillError
+
+SERVE_FORMATS = ("auto", "hf", "onnx", "onnx-int8")
+
+
+def resolve_model_dir(path: str | os.PathLike[str], format: str = "auto") -> tuple[Path, str]:
+    """(model folder, default model id) for a model folder or a run folder (its student/ or export/<format>/)."""
+    p = Path(path)
+    if format not in SERVE_FORMATS:
+        raise ConfigError(f"unknown format {format!r}; choose from {', '.join(SERVE_FORMATS)}")
+    if (p / "job.yaml").is_file():
+        name = p.name
+        if format == "auto":
+            folder = p / "student"
+        else:
+            folder = p / "export" / format
+            if not folder.is_dir():
+                raise PotstillError(f"{folder} does not exist; run `potstill export {p} --format {format}` first")
+        return folder, name
+    return p, p.name
+
+
+def load_api_key(api_key_env: str | None) -> str | None:
+    if api_key_env is None:
+        return None
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    return key
+
+
+def build_app(
+    path: str | os.PathLike[str],
+    format: str = "auto",
+    model_name: str | None = None,
+    api_key_env: str | None = None,
+    device: str = "auto",
+    max_tokens: int = 512,
+    max_messages: int = 64,
+    max_body_bytes: int = 1 << 20,
+    max_batch: int = 8,
+) -> Any:
+    """The FastAPI app serve() runs (for embedding in another ASGI server)."""
+    from .app import create_app
+    from .backends import load_model
+    from .protocol import Limits
+
+    if min(max_tokens, max_messages, max_body_bytes, max_batch) < 1:
+        raise ConfigError("max_tokens, max_messages, max_body_bytes and max_batch must be >= 1")
+    key = load_api_key(api_key_env)
+    folder, default_id = resolve_model_dir(path, format)
+    lm = load_model(folder, device=device)
+    limits = Limits(max_body_bytes=max_body_bytes, max_messages=max_messages, max_tokens=max_tokens)
+    return create_app(lm, model_name or default_id, api_key=key, limits=limits, max_batch=max_batch)
+
+
+def serve(
+    path: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    format: str = "auto",
+    model_name: str | None = None,
+    api_key_env: str | None = None,
+    device: str = "auto",
+    max_tokens: int = 512,
+    max_messages: int = 64,
+    max_body_bytes: int = 1 << 20,
+    max_batch: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> None:
+    """Serve a student over HTTP until interrupted (blocks). Binds 127.0.0.1 unless ``host`` says otherwise."""
+    import uvicorn
+
+    app = build_app(path, format, model_name, api_key_env, device, max_tokens, max_messages, max_body_bytes, max_batch)
+    if log:
+        auth = f", key from ${api_key_env}" if api_key_env else ", no key"
+        log(f"serving {app.state.engine.lm.path} ({app.state.engine.lm.kind}) at http://{host}:{port}/v1{auth}")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run()

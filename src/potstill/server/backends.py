@@ -1,0 +1,139 @@
+"""The models potstill serves and exports, behind one interface: a torch HF folder or an ONNX export.
+
+    lm = load_model("runs/x/student")                 # or runs/x/export/onnx-int8 (a folder with model.onnx)
+    lm.generate([[{"role": "user", "content": "2+3?"}]], max_new_tokens=16)   # -> [Result], greedy
+    lm.encode(messages)                               # the prompt token ids, through the model's chat template
+
+Both backends expose ``forward(input_ids, attention_mask, position_ids, past)`` on numpy arrays and run the same
+decode loop (server/decode.py), so a parity check compares the models and nothing else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PotstillError
+from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from .decode import Result, Row, decode
+
+ONNX_META = "potstill_onnx.json"  # written by the ONNX export beside model.onnx: input/output names and shapes
+
+
+class TorchBackend:
+    kind = "torch"
+
+    def __init__(self, model: Any) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        self.model, self._torch, self._cache_cls = model, torch, DynamicCache
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Any
+    ) -> tuple[np.ndarray, Any]:
+        torch = self._torch
+        dev = next(self.model.parameters()).device
+        cache = past if past is not None else self._cache_cls(config=self.model.config)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids).to(dev),
+                attention_mask=torch.from_numpy(attention_mask).to(dev),
+                position_ids=torch.from_numpy(position_ids).to(dev),
+                use_cache=True,
+                **{self._cache_kw: cache},
+            )
+        new = getattr(out, "cache", None) or out.past_key_values
+        return out.logits[:, -1, :].float().cpu().numpy(), new
+
+
+class OnnxBackend:
+    kind = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.meta = json.loads((path.parent / ONNX_META).read_text())
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.max_positions = self.meta.get("max_positions")
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Any
+    ) -> tuple[np.ndarray, Any]:
+        m = self.meta
+        if past is None:
+            shape = (input_ids.shape[0], m["num_kv_heads"], 0, m["head_dim"])
+            past = [np.zeros(shape, dtype=np.float32) for _ in m["past_names"]]
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds.update(zip(m["past_names"], past, strict=True))
+        logits, *present = self.session.run(None, feeds)
+        return logits[:, -1, :], present
+
+
+class LoadedModel:
+    """A backend plus its tokenizer and stop tokens; what the server and the export's checks run."""
+
+    def __init__(self, backend: Any, tokenizer: Any, path: Path) -> None:
+        self.backend, self.tokenizer, self.path = backend, tokenizer, path
+        self.kind: str = backend.kind
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        ids = {tokenizer.eos_token_id}
+        end = tokenizer.convert_tokens_to_ids("<|end|>")
+        if isinstance(end, int) and end != tokenizer.unk_token_id:
+            ids.add(end)
+        self.stop_ids = sorted(i for i in ids if i is not None)
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.backend.max_positions
+
+    def encode(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def run(self, rows: list[Row]) -> list[Result]:
+        return decode(self.backend, self.tokenizer, rows, self.stop_ids, self.pad_id)
+
+    def generate(
+        self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 64, batch_size: int = 8
+    ) -> list[Result]:
+        """Greedy answers, ``batch_size`` conversations at a time, in input order."""
+        out: list[Result] = []
+        for b in range(0, len(conversations), batch_size):
+            chunk = conversations[b : b + batch_size]
+            out += self.run([Row(self.encode(m), max_new_tokens=max_new_tokens) for m in chunk])
+        return out
+
+
+def model_kind(path: Path) -> str:
+    """'onnx' for a folder with model.onnx, 'torch' for a Hugging Face folder; PotstillError otherwise."""
+    if (path / "model.onnx").is_file():
+        return "onnx"
+    if (path / "config.json").is_file():
+        return "torch"
+    raise PotstillError(
+        f"{path}: no model here (expected config.json + weights, or model.onnx from `potstill export`); "
+        "give a model folder or a run folder"
+    )
+
+
+def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", threads: int | None = None) -> LoadedModel:
+    p = Path(path)
+    kind = model_kind(p)
+    tok = load_tokenizer(str(p))
+    tok.padding_side = "left"
+    if kind == "onnx":
+        return LoadedModel(OnnxBackend(p / "model.onnx", threads), tok, p)
+    dev = pick_device(device)
+    return LoadedModel(TorchBackend(load_causal_lm(str(p), dev, pick_dtype(dtype, dev))), tok, p)

@@ -1,0 +1,127 @@
+"""potstill export: merged HF folder, ONNX with past key/values, ONNX int8; parity checks and the model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _serving import make_run, running
+from conftest import QUESTIONS, run_cli
+
+from potstill import ExportError, export
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = make_run(tiny_models, tmp_path_factory.mktemp("export") / "run")
+    done = export(run, ["onnx-int8", "hf", "onnx"], prompts=4, max_new_tokens=8)
+    assert list(done) == ["hf", "onnx", "onnx-int8"]
+    return run
+
+
+def test_every_format_passes_its_parity_check(exported: Path) -> None:
+    manifest = json.loads((exported / "export" / "manifest.json").read_text())
+    ex = manifest["exports"]
+    assert set(ex) == {"hf", "onnx", "onnx-int8"}
+    assert all(e["passed"] for e in ex.values())
+    assert ex["hf"]["parity"]["max_abs_logit_diff"] == 0.0
+    assert ex["onnx"]["parity"]["max_abs_logit_diff"] < 1e-4
+    assert ex["onnx"]["parity"]["greedy_equal"] == ex["onnx"]["parity"]["prompts"] == 4
+    assert ex["onnx-int8"]["size_mb"] < ex["onnx"]["size_mb"]
+    for e in ex.values():
+        assert e["parity"]["latency_ms"]["torch"] > 0 and e["parity"]["latency_ms"]["export"] > 0
+
+
+def test_model_card_records_provenance_and_checks(exported: Path) -> None:
+    card = (exported / "export" / "hf" / "README.md").read_text()
+    assert card == (exported / "export" / "onnx-int8" / "README.md").read_text()
+    spec = (exported / "job.yaml").read_text()
+    assert "base_model:" in card and "distillation" in card
+    assert "## Data provenance" in card and "| train | 12 | 8 | 4 | empty (4) |" in card
+    assert "learning_rate" in card and "0.001" in card and "steps 6" in card
+    assert "## Evaluation" in card and "75.0%" in card  # the teacher's accuracy from results.json
+    assert "| onnx-int8 |" in card and "passed" in card
+    assert "teacher" in spec
+
+
+def test_hf_export_is_a_standalone_folder(exported: Path) -> None:
+    from potstill.teachers.hf import LocalModel
+
+    hf = exported / "export" / "hf"
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+        assert (hf / name).is_file(), name
+    convs = [[{"role": "user", "content": q}] for q, _ in QUESTIONS[:4]]
+    a = LocalModel.load(hf).generate(convs, max_new_tokens=8)
+    b = LocalModel.load(exported / "student").generate(convs, max_new_tokens=8)
+    assert [x.text for x in a] == [x.text for x in b]
+    assert any(x.text.startswith("Answer:") for x in a)  # the memorised answers survive the export
+
+
+def test_onnx_int8_answers_through_onnxruntime(exported: Path) -> None:
+    import onnxruntime as ort
+    from openai import OpenAI
+
+    from potstill.server import build_app
+
+    folder = exported / "export" / "onnx-int8"
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    assert names[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_0" in names
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in __import__("onnx").load(folder / "model.onnx").graph.node)
+    feeds = {"input_ids": np.array([[5, 6, 7]]), "attention_mask": np.ones((1, 3), np.int64)}
+    feeds["position_ids"] = np.arange(3)[None]
+    for i in sess.get_inputs()[3:]:
+        feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+    logits, *present = sess.run(None, feeds)
+    assert logits.shape[:2] == (1, 3) and present[0].shape[2] == 3  # the cache grew by the 3 new tokens
+    with running(build_app(exported, format="onnx-int8")) as url:
+        client = OpenAI(base_url=url, api_key="unused")
+        r = client.chat.completions.create(
+            model="run", messages=[{"role": "user", "content": QUESTIONS[0][0]}], max_tokens=8, temperature=0
+        )
+    assert r.choices[0].message.content and r.usage.completion_tokens > 0
+
+
+def test_failed_parity_removes_the_export(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import potstill.exporter as ex
+
+    monkeypatch.setattr(ex, "FP32_RTOL", -1.0)  # nothing can pass: the failure path runs for real
+    with pytest.raises(ExportError, match="parity check"):
+        export(exported, "onnx", out=exported / "export-fail", prompts=2, max_new_tokens=4)
+    assert not (exported / "export-fail" / "onnx").exists()
+    assert json.loads((exported / "export-fail" / "manifest.json").read_text())["exports"] == {}
+
+
+def test_lora_adapter_alone_is_merged(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    import yaml
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = make_run(tiny_models, tmp_path / "run", student=tiny_models["student"])
+    shutil.rmtree(run / "student")
+    spec = yaml.safe_load((run / "job.yaml").read_text())
+    base = AutoModelForCausalLM.from_pretrained(spec["student"]["model"])
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(base, cfg).eval()
+    peft_model.save_pretrained(run / "student")  # adapter files only, no merged weights
+    export(run, "hf", prompts=2, max_new_tokens=4)
+    merged = AutoModelForCausalLM.from_pretrained(run / "export" / "hf").eval()
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-5)
+        assert not torch.allclose(
+            merged(ids).logits, AutoModelForCausalLM.from_pretrained(spec["student"]["model"])(ids).logits
+        )
+
+
+def test_cli_export_bad_format_and_missing_student(tmp_path: Path) -> None:
+    r = run_cli("export", str(tmp_path), "--format", "tflite")
+    assert r.returncode == 2 and "unknown export format 'tflite'" in r.stderr
+    (tmp_path / "job.yaml").write_text("name: x\n")
+    r = run_cli("export", str(tmp_path), "--format", "hf,onnx")
+    assert r.returncode == 1 and "no trained student" in r.stderr and "potstill train" in r.stderr
