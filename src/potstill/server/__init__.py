@@ -10,8 +10,10 @@ taking connections, lets running requests finish, then exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,4 +95,29 @@ def serve(
         auth = f", key from ${api_key_env}" if api_key_env else ", no key"
         log(f"serving {app.state.engine.lm.path} ({app.state.engine.lm.kind}) at http://{host}:{port}/v1{auth}")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run()
+    _server_class()(config).run()
+    if log:
+        log("stopped: running requests finished, no new ones taken")
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but SIGINT/SIGTERM end with exit 0 after the graceful drain (uvicorn re-raises them)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            def stop(sig: int, frame: Any) -> None:
+                if self.should_exit and sig == signal.SIGINT:
+                    self.force_exit = True  # a second Ctrl-C: stop waiting for running requests
+                self.should_exit = True
+
+            old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
+
+    return Server
