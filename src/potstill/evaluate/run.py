@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import HFTeacher, JobSpec
 from ..data.jsonl import read_examples
-from ..data.tasks import Task, get_task, teacher_messages
+from ..data.tasks import Task, task_for, teacher_messages
 from ..errors import EvaluationError
 from ..run_dir import RunDir
 from ..teachers.hf import LocalModel
@@ -80,10 +80,10 @@ def evaluate_local(
 def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     split = "test" if spec.data.test else "validation"
     path = spec.data.test or spec.data.validation
-    examples = list(read_examples(path, split))[: spec.evaluation.max_examples]
+    examples = list(read_examples(path, split, spec.prompts.template))[: spec.evaluation.max_examples]
     if not examples:
         raise EvaluationError(f"{path}: no rows to evaluate")
-    task = get_task(spec.task_type, spec.prompts)
+    task = task_for(spec)
     refs = [ex.reference for ex in examples]
     student_convs = [ex.messages for ex in examples]
     candidates: list[tuple[str, str, list[list[dict[str, str]]]]] = []
