@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from ..config import HFTeacher, JobSpec
+from ..data.cot import student_messages
 from ..data.jsonl import read_examples
 from ..data.tasks import Task, task_for, teacher_messages
 from ..errors import EvaluationError
@@ -85,12 +86,13 @@ def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         raise EvaluationError(f"{path}: no rows to evaluate")
     task = task_for(spec)
     refs = [ex.reference for ex in examples]
-    student_convs = [ex.messages for ex in examples]
+    convs = [ex.messages for ex in examples]
+    student_convs = [student_messages(m, spec.generation.cot) for m in convs]  # cot: multitask asks '[answer] ...'
     candidates: list[tuple[str, str, list[list[dict[str, str]]]]] = []
     if spec.evaluation.teacher:
         if not isinstance(spec.teacher, HFTeacher):
             raise EvaluationError(f"evaluating a {spec.teacher.kind!r} teacher is not supported yet")
-        candidates.append(("teacher", spec.teacher.model, [teacher_messages(m, task) for m in student_convs]))
+        candidates.append(("teacher", spec.teacher.model, [teacher_messages(m, task) for m in convs]))
     if spec.evaluation.baseline:
         candidates.append(("baseline", spec.student.model, student_convs))
     candidates.append(("distilled", str(rd.student), student_convs))

@@ -58,6 +58,12 @@ def run_generate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     with RequestCache(rd.cache_db) as cache:
         teacher = None
         for split, path in split_paths(spec):
+            if task.name == "conversation":  # issue 4: every assistant turn regenerated in order (teachers/turns.py)
+                from .turns import generate_split
+
+                examples = list(read_examples(path, split, spec.prompts.template))
+                counts[split] = generate_split(spec, task, examples, cache, rd, split, lambda: make_teacher(spec))
+                continue
             reqs = [
                 build_request(spec, task, ex, s)
                 for ex in read_examples(path, split, spec.prompts.template)
