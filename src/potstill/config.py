@@ -268,6 +268,9 @@ class JobSpec(_Strict):
     def _sampling(self) -> JobSpec:
         if self.generation.samples > 1 and self.sampling_temperature == 0:
             raise ValueError("generation.samples > 1 needs a temperature above 0 (identical samples otherwise)")
+        names = {n for item in self.filters for n in ([item] if isinstance(item, str) else item)}
+        if "self_consistency" in names and self.generation.samples < 2:
+            raise ValueError("the self_consistency filter needs generation.samples >= 2 (it votes over samples)")
         return self
 
     @property
