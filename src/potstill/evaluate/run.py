@@ -7,6 +7,7 @@ results.json:
     {"split": "test", "rows": N, "task_type": ..., "scored_against": "reference" | "teacher",
      "models": [{"name": "teacher" | "baseline" | "distilled", "model": path-or-id, "parameters": int,
                  "size_on_disk_mb": float | null, "accuracy": float | null, "agreement_with_teacher": float | null,
+                 "metrics": {task metrics: accuracy, macro_f1 | exact_match, f1 | bleu, chrf, rouge1/2/L},
                  "latency": {"mean_ms", "p50_ms", "p95_ms", "tokens_per_s", "n", "samples_ms"},
                  "throughput": {"answers_per_s", "tokens_per_s", "batch_size"},
                  "memory": {"peak_tensor_mb", "weights_mb", "rss_mb", "how"}}],
@@ -28,6 +29,7 @@ from ..errors import EvaluationError
 from ..run_dir import RunDir
 from ..teachers.hf import LocalModel
 from . import perf
+from .metrics import task_metrics
 
 
 def _score(task: Task, outputs: list[str], refs: list[str | None]) -> tuple[list[str | None], list[bool | None]]:
@@ -58,12 +60,14 @@ def evaluate_local(
     dt = time.perf_counter() - t0
     texts = [o.text for o in outs]
     parsed, correct = _score(task, texts, refs)
+    task_scores = task_metrics(spec.task_type, texts, parsed, refs, correct)  # issue 4: the task type's metrics
     row: dict[str, Any] = {
         "name": name,
         "model": model_id,
         "parameters": lm.num_parameters(),
         "size_on_disk_mb": perf.size_on_disk_mb(model_id),
         "accuracy": _mean(correct),
+        "metrics": task_scores,
         "throughput": {
             "answers_per_s": len(outs) / dt,
             "tokens_per_s": sum(o.completion_tokens for o in outs) / dt,
