@@ -100,7 +100,7 @@ def test_self_consistency_keeps_one_majority_sample(tmp_path: Path) -> None:
 
 
 def test_self_consistency_needs_samples() -> None:
-    with pytest.raises(ConfigError, match="self_consistency filter needs generation.samples"):
+    with pytest.raises(ConfigError, match=r"self_consistency filter needs generation\.samples"):
         spec_for("math", ["self_consistency"])
 
 
@@ -177,7 +177,7 @@ def test_balance_caps_hold_and_keep_the_most(counts: dict[str, int], share: floa
 def test_balance_on_nli(tmp_path: Path) -> None:
     labels = ["entailment"] * 12 + ["neutral"] * 4 + ["contradiction"] * 2
     rows = [out_row(i, f"Answer: {lab}", prompt=f"Premise {i}") for i, lab in enumerate(labels)]
-    rd, rep = validate(tmp_path, spec_for("nli", ["parse", {"balance": {"max_share": 0.5, "seed": 3}}]), rows)
+    _, rep = validate(tmp_path, spec_for("nli", ["parse", {"balance": {"max_share": 0.5, "seed": 3}}]), rows)
     s = rep["splits"]["train"]
     assert s["labels_before"] == {"contradiction": 2, "entailment": 12, "neutral": 4}
     assert s["labels_after"] == {"contradiction": 2, "entailment": 6, "neutral": 4}

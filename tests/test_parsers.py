@@ -129,6 +129,12 @@ def test_numbers_match_tolerance() -> None:
 
 # GSM8K-format solutions with hand-checked labels: (problem's gold solution, teacher's solution, is it right?)
 GSM8K_GOLD = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+WENG = (
+    "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nFor 50 minutes she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"
+)
+BETTY = "Betty has 100 / 2 = $<<100/2=50>>50.\nShe needs 100 - 50 - 15 - 30 - 0 = $<<100-50-15-30-0=5>>5.\n#### 5"
+WENG = "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nIn 50 minutes: 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"
+BETTY = "Betty has 100 / 2 = $<<100/2=50>>50.\nShe needs 100 - 50 - 15 - 30 - 0 = $<<100-50-15-30-0=5>>5.\n#### 5"
 VERIFIER = [
     (GSM8K_GOLD, "In May she sold half of 48, which is 24. Together 48 + 24 = 72.\n#### 72", True),
     (GSM8K_GOLD, "She sold 48 in April and 24 in May.\nAnswer: 72", True),
@@ -139,22 +145,22 @@ VERIFIER = [
     (GSM8K_GOLD, "The answer is not 72, it is 96.", False),
     (GSM8K_GOLD, "May: 24, so the answer is 24 clips in May.", False),
     (
-        "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nFor 50 minutes she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
+        WENG,
         "She earns $12 an hour, so 50 minutes pay 12 * 50/60 = $10.\nAnswer: $10.00",
         True,
     ),
     (
-        "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nFor 50 minutes she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
+        WENG,
         "12 * 50 = $600.\n#### 600",
         False,
     ),
     (
-        "Betty has 100 / 2 = $<<100/2=50>>50.\nShe still needs 100 - 50 - 15 - 30 - 0 = $<<100-50-15-30-0=5>>5.\n#### 5",
+        BETTY,
         "Betty has $50; parents give $15 and grandparents $30; she needs 100 - 95 = 5 more dollars.\nAnswer: 5",
         True,
     ),
     (
-        "Betty has 100 / 2 = $<<100/2=50>>50.\nShe still needs 100 - 50 - 15 - 30 - 0 = $<<100-50-15-30-0=5>>5.\n#### 5",
+        BETTY,
         "She needs -5 dollars.\nAnswer: -5",
         False,
     ),
