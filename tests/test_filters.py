@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from potstill.config import BalanceFilter, filter_steps, validate_spec
+from potstill.config import validate_spec
 from potstill.data.checks import balance_caps
 from potstill.data.filters import apply_filters, run_validate
 from potstill.data.tasks import get_task
 from potstill.errors import ConfigError, DataError
+from potstill.filter_spec import BalanceFilter, filter_steps
 from potstill.run_dir import RunDir, read_jsonl
 
 

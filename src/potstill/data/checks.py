@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from ..config import (
+from ..filter_spec import (
     AnswerCheckFilter,
     BalanceFilter,
     DedupFilter,

@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ..config import JobSpec, filter_steps
+from ..config import JobSpec
 from ..errors import DataError
+from ..filter_spec import filter_steps
 from ..run_dir import RunDir, read_jsonl
 from .checks import Row, make_step
 from .cot import targets
