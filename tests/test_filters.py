@@ -228,3 +228,17 @@ def test_filter_settings_are_checked() -> None:
     steps = filter_steps(["parse", {"length": 50}, {"balance": 0.4}])
     assert [n for n, _ in steps] == ["parse", "length", "balance"]
     assert steps[1][1].max == 50 and steps[2][1].max_share == 0.4
+
+
+def test_cot_drop_in_conversations_trims_every_teacher_turn() -> None:
+    from potstill.data.cot import targets
+
+    task = get_task("conversation", chain_of_thought=True)
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "They greet me. Reply: Hello!"},
+        {"role": "user", "content": "Bye"},
+    ]
+    ((msgs, target),) = targets(task, history, "They leave. Reply: Goodbye.", "Goodbye.", "drop")
+    assert [m["content"] for m in msgs] == ["Hi", "Hello!", "Bye"] and target == "Goodbye."
+    assert history[1]["content"].startswith("They greet")  # the input is not modified
