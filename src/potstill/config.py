@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .filter_spec import FILTER_NAMES, filter_options
 
 TaskType = Literal["nli", "qa", "math", "conversation", "summarization"]
 TASK_TYPES: tuple[str, ...] = typing.get_args(TaskType)
@@ -67,7 +68,12 @@ class DataSpec(_Strict):
 
 class PromptSpec(_Strict):
     system: str | None = Field(None, description="system prompt for the teacher; default: the task's")
-    template: str | None = Field(None, description="user-message template, e.g. 'Q: {question}'")
+    template: str | None = Field(
+        None,
+        description="user-message template over a row's fields, e.g. 'Q: {question}' (rows given as fields, "
+        "not chat rows); default: the row format's own",
+    )
+    max_words: int = Field(80, ge=1, le=100000, description="summarization: the summary's word limit in the prompt")
 
 
 class GenerationSpec(_Strict):
@@ -77,7 +83,12 @@ class GenerationSpec(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1, le=131072)
     samples: int = Field(1, ge=1, le=64, description="answers per prompt (self-consistency)")
-    chain_of_thought: bool = False
+    chain_of_thought: bool = Field(False, description="ask the teacher to reason, then give a parseable answer")
+    cot: Literal["keep", "drop", "multitask"] = Field(
+        "keep",
+        description="what the student learns from a reasoned output: keep (reasoning + answer), drop (the answer "
+        "only) or multitask (separate '[rationale]' and '[answer]' targets, distilling step-by-step)",
+    )
     concurrency: int = Field(16, ge=1, le=4096)
     seed: int = 0
     stop: list[str] | None = None
@@ -115,7 +126,6 @@ class EvaluationSpec(_Strict):
 
 
 # --------------------------------------------------------------------------------------------- job
-FILTER_NAMES = ("nonempty", "parse", "max_tokens")
 
 
 class JobSpec(_Strict):
@@ -143,17 +153,32 @@ class JobSpec(_Strict):
     @field_validator("filters")
     @classmethod
     def _known_filters(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
-        for item in v:
-            names = [item] if isinstance(item, str) else list(item)
-            for name in names:
+        problems = []
+        for i, item in enumerate(v):
+            pairs = [(item, None)] if isinstance(item, str) else list(item.items())
+            for name, arg in pairs:
                 if name not in FILTER_NAMES:
-                    raise ValueError(f"unknown filter {name!r}{_suggest(name, FILTER_NAMES)}")
+                    problems.append(f"unknown filter {name!r}{_suggest(name, FILTER_NAMES)}")
+                    continue
+                try:
+                    filter_options(name, arg)
+                except ValidationError as exc:
+                    for e in exc.errors(include_url=False):
+                        field = ".".join(str(x) for x in e["loc"])
+                        problems.append(f"filters[{i}].{name}.{field}: {e['msg']} (got {e.get('input')!r})")
+                except ValueError as exc:
+                    problems.append(f"filters[{i}]: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     @model_validator(mode="after")
     def _sampling(self) -> JobSpec:
         if self.generation.samples > 1 and self.sampling_temperature == 0:
             raise ValueError("generation.samples > 1 needs a temperature above 0 (identical samples otherwise)")
+        names = {n for item in self.filters for n in ([item] if isinstance(item, str) else item)}
+        if "self_consistency" in names and self.generation.samples < 2:
+            raise ValueError("the self_consistency filter needs generation.samples >= 2 (it votes over samples)")
         return self
 
     @property

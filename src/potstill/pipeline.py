@@ -76,12 +76,13 @@ def fingerprints(spec: JobSpec) -> dict[str, str]:
 
 def check_inputs(spec: JobSpec) -> dict[str, int]:
     """Read every input file once before anything is written; DataError on the first bad file."""
+    tpl = spec.prompts.template
     counts = {
-        "train": check_file(spec.data.training, "train"),
-        "validation": check_file(spec.data.validation, "validation"),
+        "train": check_file(spec.data.training, "train", tpl),
+        "validation": check_file(spec.data.validation, "validation", tpl),
     }
     if spec.data.test is not None:
-        counts["test"] = check_file(spec.data.test, "test")
+        counts["test"] = check_file(spec.data.test, "test", tpl)
     return counts
 
 

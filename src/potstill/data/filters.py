@@ -1,106 +1,121 @@
 """The validate stage: check every teacher output before the student sees it; keep the good, explain the rest.
 
-Filters run in the order the job lists them; the first that rejects a row gives its reason.
-    nonempty                 the output has text
-    parse                    the task's parser extracts an answer
-    max_tokens / {max_tokens: N}   the output was not cut off (finish_reason "length") and has <= N tokens
+Filters run in the order the job lists them (settings in config.py, code in data/checks.py); a row rejected by
+one filter is not seen by the next.
+    nonempty                          the output has text
+    parse                             the task's parser extracts an answer
+    max_tokens / {max_tokens: N}      not cut off (finish_reason "length"), at most N tokens
+    answer_check                      the answer matches the row's gold answer (rows without one pass)
+    self_consistency                  the prompt's samples agree on a majority answer; one sample carrying it is kept
+    length                            min/max tokens (or words)
+    dedup                             exact (normalised) and near (word n-gram overlap) duplicates of prompt+output
+    refusal                           refusal and apology patterns
+    balance                           no label (NLI, multiple-choice letter) above max_share of the kept rows
 
 Writes data/train.jsonl and data/validation.jsonl (chat rows: the prompt + the teacher's answer as the assistant
-turn), data/rejected.jsonl (each dropped output with filter and reason) and data/filter_report.json.
+turn, shaped by generation.cot), data/rejected.jsonl (each dropped output with filter and reason) and
+data/filter_report.json:
+    {"filters": [...], "splits": {split: {"rows_in", "kept", "rejected", "rejected_by_filter", "reasons",
+     "funnel": [{"filter", "in", "rejected", "out"}], "labels_before", "labels_after", "training_rows"}}}
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from ..config import JobSpec
 from ..errors import DataError
+from ..filter_spec import filter_steps
 from ..run_dir import RunDir, read_jsonl
-from .tasks import Task, get_task
-
-Check = Callable[[dict[str, Any]], str | None]  # row -> reason it is rejected, or None
-
-
-def make_filter(name: str, arg: Any, task: Task) -> Check:
-    match name:
-        case "nonempty":
-            return lambda r: (
-                None
-                if (r.get("output") or "").strip()
-                else ("teacher call failed" if r.get("finish_reason") == "error" else "empty output")
-            )
-        case "parse":
-            return lambda r: None if task.parse(r.get("output") or "") is not None else "no parseable answer"
-        case "max_tokens":
-            limit = int(arg) if arg not in (None, True) else None
-
-            def check(r: dict[str, Any]) -> str | None:
-                if r.get("finish_reason") == "length":
-                    return "cut off at generation.max_tokens"
-                n = r.get("completion_tokens")
-                if limit is not None and n is not None and n > limit:
-                    return f"{n} tokens > max_tokens {limit}"
-                return None
-
-            return check
-    raise ValueError(f"unknown filter {name!r}")
+from .checks import Row, make_step
+from .cot import targets
+from .tasks import Task, task_for
 
 
-def build_filters(spec: JobSpec, task: Task) -> list[tuple[str, Check]]:
+def apply_filters(
+    rows: list[Row], steps: list[tuple[str, Any]], task: Task
+) -> tuple[list[Row], list[tuple[Row, str, str]], list[dict[str, Any]]]:
+    """(kept rows in input order, [(row, filter, reason)], funnel) after running ``steps`` in order."""
+    alive = list(rows)
+    rejected: list[tuple[Row, str, str]] = []
+    funnel = []
+    for name, opts in steps:
+        reasons = make_step(name, opts, task, rows)(alive)
+        nxt = []
+        for r, why in zip(alive, reasons, strict=True):
+            if why is None:
+                nxt.append(r)
+            else:
+                rejected.append((r, name, why))
+        funnel.append({"filter": name, "in": len(alive), "rejected": len(alive) - len(nxt), "out": len(nxt)})
+        alive = nxt
+    return alive, rejected, funnel
+
+
+def label_counts(rows: list[Row], task: Task) -> dict[str, int]:
+    counts = Counter(lab for r in rows if (lab := task.label(r["answer"])) is not None)
+    return dict(sorted(counts.items()))
+
+
+def training_rows(row: Row, task: Task, cot: str) -> list[dict[str, Any]]:
+    """The chat rows the student learns from one kept output (two with cot: multitask)."""
+    pairs = targets(task, row["messages"], row["output"], row["answer"], cot)
     out = []
-    for item in spec.filters:
-        pairs = [(item, None)] if isinstance(item, str) else list(item.items())
-        out.extend((name, make_filter(name, arg, task)) for name, arg in pairs)
+    for k, (msgs, target) in enumerate(pairs):
+        full_output = target == row["output"]
+        out.append(
+            {
+                "id": row["id"] if k == 0 else f"{row['id']}#rationale",
+                "sample": row["sample"],
+                "messages": [*msgs, {"role": "assistant", "content": target}],
+                "answer": row["answer"],
+                "reference": row.get("reference"),
+                **({"logprobs": row["logprobs"]} if full_output and row.get("logprobs") else {}),
+            }
+        )
     return out
 
 
 def run_validate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
-    task = get_task(spec.task_type, spec.prompts)
-    filters = build_filters(spec, task)
-    report: dict[str, Any] = {"filters": [n for n, _ in filters], "splits": {}}
+    task = task_for(spec)
+    steps = filter_steps(spec.filters)
+    report: dict[str, Any] = {"filters": [n for n, _ in steps], "splits": {}}
     with rd.open_jsonl(rd.data / "rejected.jsonl") as reject:
         for split, out_name in (("train", "train.jsonl"), ("validation", "validation.jsonl")):
-            rows_in = 0
-            rejected: Counter[str] = Counter()
-            reasons: Counter[str] = Counter()
-            kept = 0
+            rows = list(read_jsonl(rd.outputs / f"{split}.jsonl"))
+            for r in rows:
+                r["answer"] = task.parse(r.get("output") or "")
+            kept, rejected, funnel = apply_filters(rows, steps, task)
+            for r, name, why in rejected:
+                reject(
+                    {
+                        "split": split,
+                        "id": r["id"],
+                        "sample": r["sample"],
+                        "filter": name,
+                        "reason": why,
+                        "output": r.get("output"),
+                        "answer": r["answer"],
+                        "reference": r.get("reference"),
+                    }
+                )
+            n_train = 0
             with rd.open_jsonl(rd.data / out_name) as keep:
-                for row in read_jsonl(rd.outputs / f"{split}.jsonl"):
-                    rows_in += 1
-                    verdict = next(((n, why) for n, f in filters if (why := f(row)) is not None), None)
-                    if verdict:
-                        rejected[verdict[0]] += 1
-                        reasons[f"{verdict[0]}: {verdict[1]}"] += 1
-                        reject(
-                            {
-                                "split": split,
-                                "id": row["id"],
-                                "sample": row["sample"],
-                                "filter": verdict[0],
-                                "reason": verdict[1],
-                                "output": row.get("output"),
-                            }
-                        )
-                        continue
-                    kept += 1
-                    keep(
-                        {
-                            "id": row["id"],
-                            "sample": row["sample"],
-                            "messages": [*row["messages"], {"role": "assistant", "content": row["output"]}],
-                            "answer": task.parse(row["output"]),
-                            "reference": row.get("reference"),
-                            **({"logprobs": row["logprobs"]} if row.get("logprobs") else {}),
-                        }
-                    )
+                for r in kept:
+                    for t in training_rows(r, task, spec.generation.cot):
+                        keep(t)
+                        n_train += 1
             report["splits"][split] = {
-                "rows_in": rows_in,
-                "kept": kept,
-                "rejected": sum(rejected.values()),
-                "rejected_by_filter": dict(rejected),
-                "reasons": dict(reasons),
+                "rows_in": len(rows),
+                "kept": len(kept),
+                "rejected": len(rejected),
+                "rejected_by_filter": dict(Counter(name for _, name, _ in rejected)),
+                "reasons": dict(Counter(f"{name}: {why}" for _, name, why in rejected)),
+                "funnel": funnel,
+                "labels_before": label_counts(rows, task),
+                "labels_after": label_counts(kept, task),
+                "training_rows": n_train,
             }
     rd.write_json(rd.data / "filter_report.json", report)
     if report["splits"]["train"]["kept"] == 0:

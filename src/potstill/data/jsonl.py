@@ -1,89 +1,35 @@
-"""Streaming reader for input rows: chat JSONL and simple {prompt, answer} JSONL.
+"""Streaming reader for input rows: JSONL, CSV and Parquet files, in any row format of data/rows.py.
 
-    for ex in read_examples(Path("train.jsonl"), split="train"):   # one Example per line, lazily
+    for ex in read_examples(Path("train.jsonl"), split="train"):   # one Example per row, lazily
         ex.messages    # the prompt: [system?, user, (assistant, user)*]
         ex.reference   # the gold answer text when the row has one, else None
 
-Accepted rows (one JSON object per line, blank lines ignored):
-    {"messages": [{"role": "system", "content": ...}, {"role": "user", ...}, {"role": "assistant", ...}?]}
-    {"prompt": "...", "answer": "..."?}            ("completion" is accepted for "answer")
-A trailing assistant message is the row's reference answer. Errors name the file and line:
-``train.jsonl:7: not valid JSON (...)``.
+The file type comes from the suffix: .csv (a header row; cells holding JSON lists/objects, e.g. "choices", are
+decoded; empty cells are missing values), .parquet / .pq (read batch by batch, needs pyarrow), anything else is
+JSONL (one JSON object per line, blank lines ignored). Errors name the file and line:
+``train.jsonl:7: not valid JSON (...)``; CSV errors name the line, Parquet errors the row number.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .rows import ROLES, Example, parse_row
 
-ROLES = ("system", "user", "assistant")
+__all__ = ["MIN_ROWS", "ROLES", "Example", "check_file", "parse_row", "read_examples"]
+
 MAX_REPORTED = 10
+MIN_ROWS = {"train": 50, "validation": 10, "test": 10}  # below these a split says little (Azure asks for 65)
+log = logging.getLogger("potstill")
 
 
-@dataclass
-class Example:
-    id: str
-    messages: list[dict[str, str]]
-    reference: str | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def prompt_text(self) -> str:
-        """The last user message: what the row asks."""
-        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "messages": self.messages, "reference": self.reference}
-
-
-def parse_row(obj: Any, where: str, split: str, index: int) -> Example:
-    """One decoded JSON value -> Example, or DataError naming ``where`` (file:line)."""
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    ex_id = str(obj.get("id", f"{split}-{index}"))
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-        clean: list[dict[str, str]] = []
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
-            if m["role"] not in ROLES:
-                raise DataError(f"{where}: messages[{i}].role is {m['role']!r}; use one of {', '.join(ROLES)}")
-            if not isinstance(m["content"], str):
-                raise DataError(f"{where}: messages[{i}].content must be a string")
-            if m["role"] == "system" and i != 0:
-                raise DataError(f"{where}: messages[{i}] is a system message; only the first may be system")
-            clean.append({"role": m["role"], "content": m["content"]})
-        reference = None
-        if clean[-1]["role"] == "assistant":
-            reference = clean.pop()["content"]
-        if not any(m["role"] == "user" for m in clean):
-            raise DataError(f"{where}: no user message; each row needs at least one {{'role': 'user'}} turn")
-        return Example(ex_id, clean, reference, obj)
-    if "prompt" in obj:
-        prompt = obj["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{where}: 'prompt' must be a non-empty string")
-        answer = obj.get("answer", obj.get("completion"))
-        if answer is not None and not isinstance(answer, str | int | float):
-            raise DataError(f"{where}: 'answer' must be a string or a number")
-        msgs = [{"role": "user", "content": prompt}]
-        if isinstance(obj.get("system"), str):
-            msgs.insert(0, {"role": "system", "content": obj["system"]})
-        return Example(ex_id, msgs, None if answer is None else str(answer), obj)
-    keys = ", ".join(sorted(obj)[:6]) or "none"
-    raise DataError(f"{where}: unknown row format (keys: {keys}); expected 'messages' or 'prompt'")
-
-
-def _numbered_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(file:line, decoded JSON or the DataError for that line) for each non-blank line."""
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -100,37 +46,106 @@ def _numbered_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 )
 
 
+def _cell(value: str) -> Any:
+    v = value.strip()
+    if not v:
+        return None
+    if v[0] in "[{":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"{path}:1", DataError(f"{path}:1: not valid CSV ({exc})")
+            return
+        start = reader.line_num + 1
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield f"{path}:{start}", DataError(f"{path}:{start}: not valid CSV ({exc})")
+                return
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                yield where, DataError(f"{where}: {len(cells)} cells but the header has {len(header)} columns")
+                continue
+            yield where, {k: v for k, c in zip(header, cells, strict=True) if (v := _cell(c)) is not None}
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow; pip install 'potstill[parquet]'") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"{path}: row {n}", {k: v for k, v in row.items() if v is not None}
+
+
+def numbered_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, decoded row or the DataError for it) for each non-blank row of a JSONL, CSV or Parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _csv_rows(path)
+    if suffix in (".parquet", ".pq"):
+        return _parquet_rows(path)
+    return _jsonl_rows(path)
+
+
 def _open_check(path: Path, split: str) -> None:
     if not path.is_file():
         raise DataError(f"{path}: file not found (check data.{_field(split)} in the job spec)")
 
 
-def read_examples(path: Path, split: str = "train") -> Iterator[Example]:
-    """Yield Examples line by line; raises DataError at the first bad line."""
+def read_examples(path: Path, split: str = "train", template: str | None = None) -> Iterator[Example]:
+    """Yield Examples row by row; raises DataError at the first bad row."""
     path = Path(path)
     _open_check(path, split)
     n = 0
-    for where, obj in _numbered_rows(path):
+    for where, obj in numbered_rows(path):
         if isinstance(obj, DataError):
             raise obj
-        yield parse_row(obj, where, split, n)
+        yield parse_row(obj, where, split, n, template)
         n += 1
     if n == 0:
         raise DataError(f"{path}: the file has no rows (expected one JSON object per line)")
 
 
-def check_file(path: Path, split: str) -> int:
-    """Read the whole file once, collecting up to 10 problems at once; return the row count."""
+def check_file(path: Path, split: str, template: str | None = None) -> int:
+    """Read the whole file once, collecting up to 10 problems at once; return the row count.
+
+    Logs a warning (logger "potstill") when the split has fewer rows than MIN_ROWS says is useful.
+    """
     path = Path(path)
     _open_check(path, split)
     problems: list[str] = []
     ids: set[str] = set()
     n = 0
-    for where, obj in _numbered_rows(path):
+    for where, obj in numbered_rows(path):
         try:
             if isinstance(obj, DataError):
                 raise obj
-            ex = parse_row(obj, where, split, n)
+            ex = parse_row(obj, where, split, n, template)
             if ex.id in ids:
                 raise DataError(f"{where}: duplicate id {ex.id!r}; ids must be unique within a file")
             ids.add(ex.id)
@@ -140,9 +155,17 @@ def check_file(path: Path, split: str) -> int:
                 break
         n += 1
     if n == 0:
-        problems.append(f"{path}: the file has no rows (expected one JSON object per line)")
+        problems.append(f"{path}: the file has no rows (expected one row per line)")
     if problems:
         raise DataError("\n".join(problems))
+    if n < MIN_ROWS.get(split, 0):
+        log.warning(
+            "warning: %s has %d %s rows; at least %d make a useful split (results on fewer are noisy)",
+            path,
+            n,
+            split,
+            MIN_ROWS[split],
+        )
     return n
 
 

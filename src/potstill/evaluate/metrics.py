@@ -2,7 +2,7 @@
 
     accuracy([True, False, None])             -> 0.5   (None = unscored, skipped)
     exact_match(preds, refs), token_f1(...)   SQuAD-style normalisation
-    macro_f1(pred_labels, gold_labels)
+    macro_f1(pred_labels, gold_labels)       over the labels in golds or predictions (as sklearn)
     bleu(hyps, refs)                          sacrebleu corpus BLEU, 0..100
     chrf(hyps, refs)                          sacrebleu corpus chrF, 0..100
     rouge(hyps, refs)                         rouge-score F-measures {"rouge1", "rouge2", "rougeL"}, 0..1 (mean)
@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from ..data.tasks import normalize_text
+from ..data.parsers import is_choice, normalize_text
+from ..data.tasks import nli_gold
 
 
 def accuracy(correct: Sequence[bool | None]) -> float | None:
@@ -23,12 +24,23 @@ def accuracy(correct: Sequence[bool | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _same_answer(pred: str | None, ref: str) -> bool:
+    """SQuAD exact match; choice letters compare as letters (SQuAD's normalisation would drop "A")."""
+    if pred is None:
+        return False
+    if is_choice(ref.strip().upper()) and len(ref.strip()) == 1:
+        return pred.strip().upper() == ref.strip().upper()
+    return normalize_text(pred) == normalize_text(ref)
+
+
 def exact_match(preds: Sequence[str | None], refs: Sequence[str]) -> float:
     pairs = list(zip(preds, refs, strict=True))
-    return sum(p is not None and normalize_text(p) == normalize_text(r) for p, r in pairs) / max(1, len(pairs))
+    return sum(_same_answer(p, r) for p, r in pairs) / max(1, len(pairs))
 
 
 def f1_one(pred: str | None, ref: str) -> float:
+    if is_choice(ref.strip().upper()) and len(ref.strip()) == 1:
+        return float(_same_answer(pred, ref))
     p, r = normalize_text(pred or "").split(), normalize_text(ref).split()
     if not p or not r:
         return float(p == r)
@@ -45,7 +57,8 @@ def token_f1(preds: Sequence[str | None], refs: Sequence[str]) -> float:
 
 
 def macro_f1(preds: Sequence[str | None], golds: Sequence[str]) -> float:
-    labels = sorted(set(golds))
+    """Mean per-label F1 over the labels that occur in golds or predictions (sklearn's default label set)."""
+    labels = sorted(set(golds) | {p for p in preds if p is not None})
     scores = []
     for lab in labels:
         tp = sum(p == lab and g == lab for p, g in zip(preds, golds, strict=True))
@@ -89,8 +102,9 @@ def task_metrics(
 ) -> dict[str, float]:
     """The metrics a task type reports, over the rows that have a reference (empty dict when none do).
 
-    ``outputs`` are the raw model texts, ``parsed`` the task parser's answers, ``references`` the gold texts
-    (None when a row has none) and ``correct`` the task scorer's verdict per row.
+    ``outputs`` are the raw model texts, ``parsed`` the task parser's answers (the text metrics of conversation
+    and summarization score these: with chain-of-thought, the reply or summary after the marker), ``references``
+    the gold texts (None when a row has none) and ``correct`` the task scorer's verdict per row.
     """
     rows = [(o, p, r, c) for o, p, r, c in zip(outputs, parsed, references, correct, strict=True) if r is not None]
     if not rows:
@@ -99,15 +113,13 @@ def task_metrics(
     out: dict[str, float] = {"accuracy": accuracy(corr) or 0.0}
     match task_type:
         case "nli":
-            golds = [
-                next((lab for lab in ("entailment", "neutral", "contradiction") if lab in r.lower()), r) for r in refs
-            ]
-            out["macro_f1"] = macro_f1(preds, golds)
+            out["macro_f1"] = macro_f1(preds, [nli_gold(r) for r in refs])
         case "qa":
-            out["exact_match"] = exact_match(preds, refs)
-            out["f1"] = token_f1(preds, refs)
+            out["exact_match"] = exact_match(preds, [r.strip() for r in refs])
+            out["f1"] = token_f1(preds, [r.strip() for r in refs])
         case "conversation" | "summarization":
-            out["bleu"] = bleu(outs, refs)
-            out["chrf"] = chrf(outs, refs)
-            out.update(rouge(outs, refs))
+            texts = [p if p is not None else o for o, p in zip(outs, preds, strict=True)]  # CoT: the final text
+            out["bleu"] = bleu(texts, refs)
+            out["chrf"] = chrf(texts, refs)
+            out.update(rouge(texts, refs))
     return out

@@ -7,6 +7,7 @@ results.json:
     {"split": "test", "rows": N, "task_type": ..., "scored_against": "reference" | "teacher",
      "models": [{"name": "teacher" | "baseline" | "distilled", "model": path-or-id, "parameters": int,
                  "size_on_disk_mb": float | null, "accuracy": float | null, "agreement_with_teacher": float | null,
+                 "metrics": {task metrics: accuracy, macro_f1 | exact_match, f1 | bleu, chrf, rouge1/2/L},
                  "latency": {"mean_ms", "p50_ms", "p95_ms", "tokens_per_s", "n", "samples_ms"},
                  "throughput": {"answers_per_s", "tokens_per_s", "batch_size"},
                  "memory": {"peak_tensor_mb", "weights_mb", "rss_mb", "how"}}],
@@ -21,12 +22,14 @@ import time
 from typing import Any
 
 from ..config import HFTeacher, JobSpec
+from ..data.cot import student_messages
 from ..data.jsonl import read_examples
-from ..data.tasks import Task, get_task, teacher_messages
+from ..data.tasks import Task, task_for, teacher_messages
 from ..errors import EvaluationError
 from ..run_dir import RunDir
 from ..teachers.hf import LocalModel
 from . import perf
+from .metrics import task_metrics
 
 
 def _score(task: Task, outputs: list[str], refs: list[str | None]) -> tuple[list[str | None], list[bool | None]]:
@@ -57,12 +60,14 @@ def evaluate_local(
     dt = time.perf_counter() - t0
     texts = [o.text for o in outs]
     parsed, correct = _score(task, texts, refs)
+    task_scores = task_metrics(spec.task_type, texts, parsed, refs, correct)  # issue 4: the task type's metrics
     row: dict[str, Any] = {
         "name": name,
         "model": model_id,
         "parameters": lm.num_parameters(),
         "size_on_disk_mb": perf.size_on_disk_mb(model_id),
         "accuracy": _mean(correct),
+        "metrics": task_scores,
         "throughput": {
             "answers_per_s": len(outs) / dt,
             "tokens_per_s": sum(o.completion_tokens for o in outs) / dt,
@@ -80,17 +85,18 @@ def evaluate_local(
 def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     split = "test" if spec.data.test else "validation"
     path = spec.data.test or spec.data.validation
-    examples = list(read_examples(path, split))[: spec.evaluation.max_examples]
+    examples = list(read_examples(path, split, spec.prompts.template))[: spec.evaluation.max_examples]
     if not examples:
         raise EvaluationError(f"{path}: no rows to evaluate")
-    task = get_task(spec.task_type, spec.prompts)
+    task = task_for(spec)
     refs = [ex.reference for ex in examples]
-    student_convs = [ex.messages for ex in examples]
+    convs = [ex.messages for ex in examples]
+    student_convs = [student_messages(m, spec.generation.cot) for m in convs]  # cot: multitask asks '[answer] ...'
     candidates: list[tuple[str, str, list[list[dict[str, str]]]]] = []
     if spec.evaluation.teacher:
         if not isinstance(spec.teacher, HFTeacher):
             raise EvaluationError(f"evaluating a {spec.teacher.kind!r} teacher is not supported yet")
-        candidates.append(("teacher", spec.teacher.model, [teacher_messages(m, task) for m in student_convs]))
+        candidates.append(("teacher", spec.teacher.model, [teacher_messages(m, task) for m in convs]))
     if spec.evaluation.baseline:
         candidates.append(("baseline", spec.student.model, student_convs))
     candidates.append(("distilled", str(rd.student), student_convs))

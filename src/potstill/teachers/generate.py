@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import HFTeacher, JobSpec
 from ..data.jsonl import Example, read_examples
-from ..data.tasks import Task, get_task, teacher_messages
+from ..data.tasks import Task, task_for, teacher_messages
 from ..progress import progress
 from ..run_dir import RunDir
 from .cache import RequestCache, request_key
@@ -53,14 +53,20 @@ def split_paths(spec: JobSpec) -> list[tuple[str, Any]]:
 
 
 def run_generate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
-    task = get_task(spec.task_type, spec.prompts)
+    task = task_for(spec)
     counts: dict[str, Any] = {}
     with RequestCache(rd.cache_db) as cache:
         teacher = None
         for split, path in split_paths(spec):
+            if task.name == "conversation":  # issue 4: every assistant turn regenerated in order (teachers/turns.py)
+                from .turns import generate_split
+
+                examples = list(read_examples(path, split, spec.prompts.template))
+                counts[split] = generate_split(spec, task, examples, cache, rd, split, lambda: make_teacher(spec))
+                continue
             reqs = [
                 build_request(spec, task, ex, s)
-                for ex in read_examples(path, split)
+                for ex in read_examples(path, split, spec.prompts.template)
                 for s in range(spec.generation.samples)
             ]
             hits = cache.get_many(r.key for r in reqs)
