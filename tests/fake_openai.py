@@ -183,22 +183,21 @@ class FakeOpenAI:
         row = row_id(body)
         attempt = self.attempts[row]
         self.attempts[row] += 1
+        given = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
         fault = self.queue.popleft() if self.queue else (self.fault_fn(body, attempt) if self.fault_fn else None)
-        if fault is None and self.api_key is not None:
-            given = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
-            if given != self.api_key:
-                fault = "401"
+        if fault is None and self.api_key is not None and given != self.api_key:
+            fault = "401"
         entry = Entry(time.time(), target, body, row, attempt, fault or "ok", None, _safe(headers))
         self.log.append(entry)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        reply = self._reply(fault, body)
+        reply = self._reply(fault, body, given)
         entry.status = reply[0] if reply else None
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
         return reply
 
-    def _reply(self, fault: str | None, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes] | None:
+    def _reply(self, fault: str | None, body: dict[str, Any], key: str) -> tuple[int, dict[str, str], bytes] | None:
         match fault:
             case "reset":
                 return None
@@ -207,9 +206,9 @@ class FakeOpenAI:
             case "500" | "503":
                 return int(fault), {}, _error("The server had an error while processing your request")
             case "400":
-                return 400, {}, _error("This model's maximum context length is 8 tokens (fake)")
+                return 400, {}, _error(f"This model's maximum context length is 8 tokens (fake; key {key or '-'})")
             case "401":
-                return 401, {}, _error("Incorrect API key provided. You can find your API key in your account")
+                return 401, {}, _error(f"Incorrect API key provided: {key}. Find your API key in your account")
             case "malformed":
                 return 200, {}, b'{"id": "x", "choices": [{"message": '
             case "empty_choices":

@@ -106,15 +106,17 @@ def test_fault_storm_every_row_answered_or_failed_with_reason(fake_openai: Any, 
     assert rd.stage("generate")["counts"]["train"]["failed"] == 2
 
 
-def test_too_many_failures_fail_the_stage_with_a_summary(fake_openai: Any, tmp_path: Path) -> None:
-    srv = fake_openai()
-    srv.fault_fn = lambda body, attempt: "400" if "Question" in str(body) else None
-    d = api_job_dict(tmp_path / "data", {"base_url": srv.base_url})
+def test_too_many_failures_fail_the_stage_with_a_summary(fake_openai: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    srv = fake_openai(api_key=KEY)
+    srv.fault_fn = lambda body, attempt: "400" if "Question" in str(body) else None  # its message echoes the key
+    d = api_job_dict(tmp_path / "data", {"base_url": srv.base_url, "api_key_env": "FAKE_KEY"})
     with pytest.raises(TeacherError, match=r"rows got a teacher answer .*min_success_ratio 70%.*HTTP 400"):
         generate(d, tmp_path / "run")
     rd = RunDir(tmp_path / "run")
     assert rd.stage("generate")["status"] == "failed"
-    assert any(r["output"] is None and "HTTP 400" in r["error"] for r in outputs(rd))
+    assert any(r["output"] is None and "HTTP 400" in r["error"] and "key ***" in r["error"] for r in outputs(rd))
+    assert KEY not in all_text_under(tmp_path / "run")
 
 
 def test_401_stops_at_once_naming_the_variable_not_the_key(fake_openai: Any, tmp_path: Path, monkeypatch: Any) -> None:
