@@ -110,3 +110,30 @@ def test_http_classification() -> None:
     ok = {"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "length"}], "usage": {}}
     out = classify(httpx.Response(200, json=ok, request=req), 1, "K")
     assert out.kind == "ok" and out.answers[0].text == "hi" and out.answers[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("teacher", "generation", "message"),
+    [
+        ({"budget_usd": 5}, {}, "teacher: budget_usd needs input_price_per_mtok"),
+        ({"base_url": "api.example.com/v1"}, {}, "teacher.base_url: base_url must start with http"),
+        ({"api_key_env": "sk-abc123"}, {}, "teacher.api_key_env: String should match pattern"),
+        ({}, {"logprobs": 21}, "generation.logprobs: Input should be less than or equal to 20"),
+        ({"timeot_s": 3}, {}, "teacher.timeot_s: unknown field 'timeot_s'; did you mean 'timeout_s'?"),
+    ],
+)
+def test_remote_teacher_spec_errors(teacher: dict, generation: dict, message: str) -> None:
+    from potstill.config import validate_spec
+    from potstill.errors import ConfigError
+
+    d = {
+        "name": "x",
+        "task_type": "qa",
+        "teacher": {"kind": "openai", "model": "m", **teacher},
+        "student": "s",
+        "data": {"training": "a", "validation": "b"},
+        "generation": generation,
+    }
+    with pytest.raises(ConfigError) as err:
+        validate_spec(d)
+    assert message in str(err.value)
