@@ -100,3 +100,43 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "potstill", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
+
+
+@pytest.fixture
+def fake_openai() -> Any:
+    """Start fake OpenAI-compatible servers on 127.0.0.1 (see tests/fake_openai.py): ``srv = fake_openai(**kw)``.
+
+    Every server started is stopped at the end of the test.
+    """
+    from fake_openai import FakeOpenAI
+
+    servers: list[FakeOpenAI] = []
+
+    def start(**kw: Any) -> FakeOpenAI:
+        srv = FakeOpenAI(**kw).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+def api_job_dict(data_dir: Path, teacher: dict[str, Any], n_train: int = 12, **over: Any) -> dict[str, Any]:
+    """A job whose teacher is an HTTP server (generation only: the student is never loaded by that stage)."""
+    train = write_jsonl(
+        data_dir / "train.jsonl", [{"prompt": f"Question {i}: what is {i} plus 1?"} for i in range(n_train)]
+    )
+    val = write_jsonl(data_dir / "val.jsonl", [{"prompt": f"Check {i}?", "answer": str(i)} for i in range(4)])
+    d: dict[str, Any] = {
+        "name": "api",
+        "task_type": "qa",
+        "teacher": {"kind": "openai", "model": "fake-model", "retry_backoff_s": 0.01, "max_backoff_s": 0.05, **teacher},
+        "student": {"model": "unused-student"},
+        "data": {"training": str(train), "validation": str(val)},
+        "generation": {"temperature": 0.7, "max_tokens": 16, "concurrency": 4},
+        "filters": ["nonempty"],
+    }
+    for k, v in over.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+    return d

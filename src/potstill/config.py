@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_remote import AzureOpenAITeacher, OpenAITeacher
 from .errors import ConfigError
 from .filter_spec import FILTER_NAMES, filter_options
 
@@ -41,7 +42,7 @@ class HFTeacher(_Strict):
     batch_size: int = Field(16, ge=1, le=4096, description="prompts per generate() call")
 
 
-TeacherSpec = Annotated[Union[HFTeacher], Field(discriminator="kind")]  # noqa: UP007  (more kinds join here)
+TeacherSpec = Annotated[Union[HFTeacher, OpenAITeacher, AzureOpenAITeacher], Field(discriminator="kind")]  # noqa: UP007
 
 
 # --------------------------------------------------------------------------------------------- student
@@ -92,6 +93,9 @@ class GenerationSpec(_Strict):
     concurrency: int = Field(16, ge=1, le=4096)
     seed: int = 0
     stop: list[str] | None = None
+    logprobs: int | None = Field(
+        None, ge=1, le=20, description="keep the teacher's top-k token logprobs per position (logit distillation)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- training

@@ -1,4 +1,7 @@
-"""One progress display for every stage: a rich bar on a terminal, a periodic log line elsewhere."""
+"""One progress display for every stage: a rich bar on a terminal, a periodic log line elsewhere.
+
+Both show done/total, the rate, the time left, and any counters the stage passes (retries=, failed=, loss=).
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ class Progress:
             print(f"{self.label}: {self.done}/{self.total} {self._info()}", file=sys.stderr, flush=True)
 
     def _info(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.extra.items())
+        elapsed = time.monotonic() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{rate:.1f}/s"]
+        if self._bar is None and rate > 0 and self.total > self.done:
+            parts.append(f"eta {(self.total - self.done) / rate:.0f}s")
+        return " ".join(parts + [f"{k}={v}" for k, v in self.extra.items()])
 
 
 @contextmanager

@@ -70,6 +70,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def teacher_lines(counts: dict[str, Any]) -> list[str]:
+    """The generate stage's ledger: calls, tokens, cost (when prices are set), failed rows."""
+    led = counts.get("ledger")
+    if not led:
+        return []
+    line = (
+        f"- {led['calls']} teacher calls, {led['prompt_tokens']} prompt + {led['completion_tokens']} completion tokens"
+    )
+    if counts.get("cost_usd") is not None:
+        line += f", cost ${counts['cost_usd']:.4f} (this run ${counts.get('cost_usd_this_run', 0):.4f})"
+    failed = sum(v.get("failed", 0) for v in counts.values() if isinstance(v, dict))
+    return ["", "## Teacher", "", line + (f", {failed} rows failed" if failed else "")]
+
+
 def run_report(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     results = json.loads((rd.eval / "results.json").read_text())
     header, rows = comparison_rows(results)
@@ -105,6 +119,7 @@ def run_report(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
             )
         )
     st = rd.state().get("stages", {})
+    parts += teacher_lines(st.get("generate", {}).get("counts") or {})
     parts += ["", "## Stages", ""]
     parts.append(
         markdown_table(

@@ -32,6 +32,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    logprobs: dict[str, Any] | None = None  # {"tokens", "top", "token_ids", "top_ids"} (see teachers/generate.py)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -125,6 +126,17 @@ class LocalModel:
             ids.add(end)
         return [i for i in ids if i is not None]
 
+    def prompt_lengths(self, conversations: list[list[dict[str, str]]]) -> list[int]:
+        return [len(self.tokenizer(self.chat_text(m), add_special_tokens=False)["input_ids"]) for m in conversations]
+
+    def _top_logprobs(self, logits: tuple[torch.Tensor, ...], k: int) -> tuple[list[Any], list[Any]]:
+        """(top ids, top logprobs), each [row][step][k], from the raw (untempered) logits of each step."""
+        vals, ids = zip(*(torch.log_softmax(lg.float(), dim=-1).topk(k, dim=-1) for lg in logits), strict=True)
+        return torch.stack(ids, 1).tolist(), torch.stack(vals, 1).tolist()
+
+    def _piece(self, ids: list[int]) -> list[str]:
+        return self.tokenizer.batch_decode([[i] for i in ids])
+
     @torch.inference_mode()
     def generate(
         self,
@@ -134,8 +146,12 @@ class LocalModel:
         top_p: float = 1.0,
         batch_size: int = 16,
         seed: int | None = None,
+        logprobs: int | None = None,
     ) -> list[Completion]:
-        """Answer each conversation; batches are formed from length-sorted prompts, results in input order."""
+        """Answer each conversation; batches are formed from length-sorted prompts, results in input order.
+
+        With ``logprobs=k``, each Completion carries the top-k logprobs of every generated position.
+        """
         texts = [self.chat_text(m) for m in conversations]
         enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
@@ -164,14 +180,29 @@ class LocalModel:
                 top_k=None,
                 eos_token_id=stop,
                 pad_token_id=pad,
+                output_logits=bool(logprobs),
+                return_dict_in_generate=True,
             )
             dt = time.perf_counter() - t0
-            new = gen[:, width:].cpu()
+            new = gen.sequences[:, width:].cpu()
+            caps = self._top_logprobs(gen.logits, logprobs) if logprobs else None
             for r, i in enumerate(idx):
                 row = new[r].tolist()
                 cut = next((k for k, t in enumerate(row) if t in stop), None)
                 finish = "stop" if cut is not None else "length"
                 toks = row[:cut] if cut is not None else row
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                out[i] = Completion(text.strip(), finish, len(enc[i]), len(toks), dt / len(idx))
+                lp = None
+                if caps is not None:
+                    top_ids, top_vals = caps[0][r][: len(toks)], caps[1][r][: len(toks)]
+                    lp = {
+                        "tokens": self._piece(toks),
+                        "top": [
+                            [[p, round(v, 4)] for p, v in zip(self._piece(ids), vals, strict=True)]
+                            for ids, vals in zip(top_ids, top_vals, strict=True)
+                        ],
+                        "token_ids": toks,
+                        "top_ids": top_ids,
+                    }
+                out[i] = Completion(text.strip(), finish, len(enc[i]), len(toks), dt / len(idx), lp)
         return [c for c in out if c is not None]

@@ -82,30 +82,18 @@ def _row(st: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def generate_split(
-    spec: Any, task: Any, examples: list[Example], cache: Any, rd: Any, split: str, get_teacher: Callable[[], Any]
-) -> dict[str, Any]:
+def generate_split(spec: Any, task: Any, examples: list[Example], answerer: Any, rd: Any, split: str) -> dict[str, Any]:
     """The generate stage for one conversation split: turn by turn through the request cache (resumable)."""
-    from .generate import answer, build_request
+    from .generate import build_request
 
     asked = cached = 0
-    teacher: list[Any] = []  # loaded on the first cache miss, once
-
-    def get() -> Any:
-        if not teacher:
-            teacher.append(get_teacher())
-        return teacher[0]
 
     def ask(batch: list[tuple[Messages, int]]) -> list[dict[str, Any] | None]:
         nonlocal asked, cached
         reqs = [build_request(spec, task, Example(f"turn-{i}", msgs), s) for i, (msgs, s) in enumerate(batch)]
-        hits = cache.get_many(r.key for r in reqs)
-        pending = list({r.key: r for r in reqs if r.key not in hits}.values())
-        asked, cached = asked + len(reqs), cached + len(reqs) - len(pending)
-        if pending:
-            answer(get(), spec, pending, cache, rd, split)
-        answered = cache.get_many(r.key for r in reqs)
-        return [answered.get(r.key) for r in reqs]
+        ans = answerer.answer(reqs, split)
+        asked, cached = asked + len(reqs), cached + len(ans.from_cache & {r.key for r in reqs})
+        return [ans.rows.get(r.key) for r in reqs]
 
     rows = regenerate(examples, spec.generation.samples, ask)
     with rd.open_jsonl(rd.outputs / f"{split}.jsonl") as write:

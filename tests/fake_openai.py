@@ -1,0 +1,255 @@
+"""A fake OpenAI-compatible chat-completions server: real HTTP on 127.0.0.1, deterministic answers, faults on demand.
+
+    with FakeOpenAI(api_key="sk-test", delay_s=0.0) as srv:      # a thread with its own event loop
+        srv.base_url                                              # http://127.0.0.1:<port>/v1
+        srv.inject("429", "500", "reset")                         # the next three requests fail this way
+        srv.fault_fn = lambda body, attempt: "503" if attempt == 0 else None   # per-request rule
+        srv.log                                                   # one Entry per request, in arrival order
+
+    python tests/fake_openai.py --delay 0.1                       # standalone (benchmarks): prints its port
+
+Answers: "Answer: <8 hex of sha256(last user message, seed)>", so a request always gets the same answer. Usage
+counts whitespace-separated words. `logprobs`/`top_logprobs` and `n` are honoured. Azure paths
+(/openai/deployments/<name>/chat/completions?api-version=...) are served too, with the key in `api-key`.
+
+Faults (names for `inject` and `fault_fn`): "429" (with Retry-After: retry_after_s), "500", "503", "400", "401",
+"timeout" (answers after hang_s), "reset" (closes the connection without a response), "malformed" (200 with
+broken JSON), "empty_choices" (200 with "choices": []), "length" (200, finish_reason "length").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+FAULTS = ("429", "500", "503", "400", "401", "timeout", "reset", "malformed", "empty_choices", "length")
+
+
+@dataclass
+class Entry:
+    """One request as the server saw it. ``row`` identifies the prompt+sample: (last user message, seed)."""
+
+    ts: float
+    path: str
+    body: dict[str, Any]
+    row: str
+    attempt: int
+    outcome: str  # "ok" or a fault name
+    status: int | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def answer_text(body: dict[str, Any]) -> str:
+    user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+    h = hashlib.sha256(f"{user}|{body.get('seed')}".encode()).hexdigest()[:8]
+    return f"Answer: {h}"
+
+
+def row_id(body: dict[str, Any]) -> str:
+    user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+    return f"{user}|{body.get('seed')}"
+
+
+def _logprobs(text: str, k: int) -> dict[str, Any]:
+    content = []
+    for i, tok in enumerate(text.split(" ")):
+        piece = tok if i == 0 else " " + tok
+        top = [{"token": piece, "logprob": -0.01 * (i + 1)}]
+        top += [{"token": f"<alt{j}>", "logprob": -1.0 - j - 0.1 * i} for j in range(1, k)]
+        content.append({"token": piece, "logprob": top[0]["logprob"], "top_logprobs": top[:k]})
+    return {"content": content}
+
+
+class FakeOpenAI:
+    def __init__(
+        self,
+        api_key: str | None = None,
+        delay_s: float = 0.0,
+        retry_after_s: float = 0.05,
+        hang_s: float = 5.0,
+        model: str | None = None,
+    ) -> None:
+        self.api_key, self.delay_s, self.retry_after_s, self.hang_s, self.model = (
+            api_key,
+            delay_s,
+            retry_after_s,
+            hang_s,
+            model,
+        )
+        self.log: list[Entry] = []
+        self.queue: collections.deque[str] = collections.deque()
+        self.fault_fn: Callable[[dict[str, Any], int], str | None] | None = None
+        self.attempts: collections.Counter[str] = collections.Counter()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # ------------------------------------------------------------------ control
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def inject(self, *faults: str) -> None:
+        for f in faults:
+            assert f in FAULTS, f
+        self.queue.extend(faults)
+
+    def completed_rows(self) -> list[str]:
+        return [e.row for e in self.log if e.outcome in ("ok", "length")]
+
+    def start(self) -> FakeOpenAI:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._server:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(5)
+        if self._loop:
+            self._loop.close()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._client, "127.0.0.1", self.port))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    # ------------------------------------------------------------------ HTTP
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                _method, target, _ = lines[0].split(" ", 2)
+                headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                raw = await reader.readexactly(int(headers.get("content-length", "0")))
+                reply = await self._handle(target, headers, raw)
+                if reply is None:  # "reset": drop the connection without answering
+                    writer.transport.abort()
+                    return
+                status, extra, payload = reply
+                reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many"}
+                out = [f"HTTP/1.1 {status} {reason.get(status, 'Error')}", f"Content-Length: {len(payload)}"]
+                out += ["Content-Type: application/json", *(f"{k}: {v}" for k, v in extra.items()), "", ""]
+                writer.write("\r\n".join(out).encode() + payload)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle(
+        self, target: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return 400, {}, _error("request body is not JSON")
+        row = row_id(body)
+        attempt = self.attempts[row]
+        self.attempts[row] += 1
+        given = headers.get("api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        fault = self.queue.popleft() if self.queue else (self.fault_fn(body, attempt) if self.fault_fn else None)
+        if fault is None and self.api_key is not None and given != self.api_key:
+            fault = "401"
+        entry = Entry(time.time(), target, body, row, attempt, fault or "ok", None, _safe(headers))
+        self.log.append(entry)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        reply = self._reply(fault, body, given)
+        entry.status = reply[0] if reply else None
+        if fault == "timeout":
+            await asyncio.sleep(self.hang_s)
+        return reply
+
+    def _reply(self, fault: str | None, body: dict[str, Any], key: str) -> tuple[int, dict[str, str], bytes] | None:
+        match fault:
+            case "reset":
+                return None
+            case "429":
+                return 429, {"Retry-After": str(self.retry_after_s)}, _error("Rate limit reached, retry later")
+            case "500" | "503":
+                return int(fault), {}, _error("The server had an error while processing your request")
+            case "400":
+                return 400, {}, _error(f"This model's maximum context length is 8 tokens (fake; key {key or '-'})")
+            case "401":
+                return 401, {}, _error(f"Incorrect API key provided: {key}. Find your API key in your account")
+            case "malformed":
+                return 200, {}, b'{"id": "x", "choices": [{"message": '
+            case "empty_choices":
+                return 200, {}, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
+        text = answer_text(body)
+        finish = "stop"
+        if fault == "length":
+            text, finish = text.split(" ")[0], "length"
+        n = int(body.get("n") or 1)
+        choices = []
+        for i in range(n):
+            t = text if i == 0 else answer_text({**body, "seed": f"{body.get('seed')}/{i}"})
+            ch: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
+            if body.get("logprobs"):
+                ch["logprobs"] = _logprobs(t, int(body.get("top_logprobs") or 1))
+            choices.append(ch)
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        completion = sum(len(c["message"]["content"].split()) for c in choices)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        out = {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"), "choices": choices}
+        return 200, {}, json.dumps({**out, "usage": usage}).encode()
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": "fake", "code": None}}).encode()
+
+
+def _safe(headers: dict[str, str]) -> dict[str, str]:
+    return {k: ("<redacted>" if k in ("authorization", "api-key") else v) for k, v in headers.items()}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="serve the fake chat-completions API until killed")
+    ap.add_argument("--delay", type=float, default=0.0, help="service latency per request, seconds")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    srv = FakeOpenAI(delay_s=args.delay)
+    srv.port = args.port
+    srv.start()
+    print(srv.port, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
