@@ -29,20 +29,22 @@ MISMATCH_HINT = (
 
 
 def check_tokenizers(student_tok: Any, teacher_tok: Any) -> None:
-    """Raise TrainingError when an id means different text for student and teacher (on their shared id range).
+    """Raise TrainingError unless both tokenizers have the same base vocabulary (every id, the same token).
 
-    Extra ids on one side (added tokens, padded vocabularies) are fine: losses use the shared range.
+    Extra added tokens on one side and embedding matrices padded to different sizes are fine: the losses use the
+    shared id range.
     """
     s_vocab = {i: t for t, i in student_tok.get_vocab().items()}
     t_vocab = {i: t for t, i in teacher_tok.get_vocab().items()}
     shared = sorted(set(s_vocab) & set(t_vocab))
     differ = [i for i in shared if s_vocab[i] != t_vocab[i]]
-    if differ or not shared:
+    sizes = (student_tok.vocab_size, teacher_tok.vocab_size)
+    if differ or not shared or sizes[0] != sizes[1]:
         i = differ[0] if differ else None
         example = f" (e.g. id {i}: {s_vocab[i]!r} vs {t_vocab[i]!r})" if i is not None else ""
         raise TrainingError(
-            f"student and teacher tokenizers differ: {len(differ)} of {len(shared)} shared ids map to different "
-            f"tokens{example}; {MISMATCH_HINT}"
+            f"student and teacher tokenizers differ: base vocabularies of {sizes[0]} and {sizes[1]} tokens, "
+            f"{len(differ)} of {len(shared)} shared ids map to different tokens{example}; {MISMATCH_HINT}"
         )
 
 
