@@ -6,16 +6,25 @@
     dist.all_sum(tensor)                # summed over processes (identity with one)
 
 A single process never imports accelerate's state machinery: per-step overhead stays that of a plain loop.
+
+On CPU, ``accelerate launch --cpu --num_processes N`` starts one process and leaves the fan-out to MPI (its
+"simple launcher"); without MPI, potstill starts the N workers itself (``spawn_cpu_workers``) with the usual
+torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR/PORT), and they train over gloo.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..errors import TrainingError
 
 
 def launched_by_accelerate() -> bool:
@@ -39,7 +48,8 @@ class Dist:
             return cls()
         from accelerate import Accelerator
 
-        return cls(Accelerator())
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" or not torch.cuda.is_available()
+        return cls(Accelerator(cpu=cpu))
 
     @property
     def device(self) -> torch.device | None:
@@ -80,3 +90,52 @@ class Dist:
     def barrier(self) -> None:
         if self.acc:
             self.acc.wait_for_everyone()
+
+
+def cpu_fanout() -> int | None:
+    """N when this process was started by `accelerate launch --cpu --num_processes N` (N > 1) as a lone process."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() != "true" or "WORLD_SIZE" in env or "MASTER_ADDR" not in env:
+        return None
+    try:
+        args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        args = []
+    for i, a in enumerate(args):
+        if a.startswith("--num_processes=") or a.startswith("--num-processes="):
+            return int(a.split("=", 1)[1])
+        if a in ("--num_processes", "--num-processes") and i + 1 < len(args):
+            return int(args[i + 1])
+    raise TrainingError(
+        "started by `accelerate launch --cpu` for several processes, but the process count is unknown: "
+        "run `torchrun --nproc_per_node N -m potstill train RUN_DIR` instead"
+    )
+
+
+def spawn_cpu_workers(n: int, argv: list[str]) -> int:
+    """Run ``python -m potstill *argv`` as ranks 0..n-1; the first failure stops the others. Returns the exit code."""
+    procs = []
+    for rank in range(n):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(n),
+            "LOCAL_WORLD_SIZE": str(n),
+            "MASTER_PORT": os.environ.get("MASTER_PORT", "29500"),
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", "potstill", *argv], env=env))
+    rc = 0
+    try:
+        for p in procs:
+            code = p.wait()
+            if code and not rc:
+                rc = code
+                for q in procs:
+                    if q.poll() is None:
+                        q.terminate()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return rc
