@@ -97,3 +97,20 @@ def test_early_stopping_stops_and_the_best_weights_are_kept(tok, tmp_path: Path)
     again = fit(tiny_llama(tok, hidden=32, layers=2, heads=2, seed=7), rows, val, cfg, tok.pad_token_id, tmp_path)
     assert again["resumed_from"] == res["steps"] and again["steps"] == res["steps"] and again["stopped_early"]
     assert again["val_loss"] == pytest.approx(res["val_loss"])
+
+
+@pytest.mark.parametrize("name", ["tensorboard", "mlflow"])
+def test_a_missing_tracker_package_is_a_clear_error(name: str, tmp_path: Path) -> None:
+    import importlib.util
+
+    from potstill.errors import TrainingError
+    from potstill.train.tracking import Trackers
+
+    if importlib.util.find_spec(name) is not None:
+        tr = Trackers([name], tmp_path, "t", {"learning_rate": 1e-3})
+        tr.log("step", {"step": 1, "loss": 2.0, "val_loss": 1.5})
+        tr.close()
+        assert any(tmp_path.rglob("*"))
+        return
+    with pytest.raises(TrainingError, match=f"report_to lists '{name}' but the {name} package is not installed"):
+        Trackers([name], tmp_path, "t", {})
