@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import job_dict, run_cli
 
@@ -73,3 +74,12 @@ def test_kill_during_train_then_resume(tiny_models: dict, tmp_path: Path) -> Non
     assert summary["steps"] == 6 * 60  # 12 rows / batch 2 × 60 epochs: the full schedule was completed
     assert (rd / "student" / "model.safetensors").exists()
     assert json.loads((rd / "state.json").read_text())["stages"]["report"]["status"] == "done"
+
+    # the same job without the crash: the resumed run ends with the same validation loss
+    straight = tmp_path / "straight"
+    res = run_cli("run", str(job), "--run-dir", str(straight))
+    assert res.returncode == 0, res.stderr
+    plain = json.loads((straight / "student" / "training_summary.json").read_text())
+    assert plain["resumed_from"] is None and plain["steps"] == summary["steps"]
+    assert summary["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-3)
+    assert summary["history"][-1]["loss"] == pytest.approx(plain["history"][-1]["loss"], rel=1e-3)

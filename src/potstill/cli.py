@@ -112,7 +112,11 @@ def validate(run_dir: RunDirArg, force: ForceOpt = False) -> None:
 @app.command()
 @_guard
 def train(run_dir: RunDirArg, force: ForceOpt = False) -> None:
-    """Stage 3: fine-tune the student on the kept teacher outputs."""
+    """Stage 3: fine-tune the student on the kept teacher outputs (several processes under `accelerate launch`)."""
+    from .train.dist import cpu_fanout, spawn_cpu_workers
+
+    if n := cpu_fanout():
+        raise typer.Exit(spawn_cpu_workers(n, sys.argv[1:]))
     _stage("train", run_dir, force)
 
 

@@ -47,10 +47,13 @@ TeacherSpec = Annotated[Union[HFTeacher, OpenAITeacher, AzureOpenAITeacher], Fie
 
 # --------------------------------------------------------------------------------------------- student
 class LoraSpec(_Strict):
-    r: int = Field(16, ge=1, le=1024)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, le=1024, description="adapter rank")
+    alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | None = Field(None, description="default: all attention and MLP projections")
+    quantize: Literal["4bit", "8bit"] | None = Field(
+        None, description="QLoRA: load the frozen base in 4 or 8 bits (needs CUDA and bitsandbytes)"
+    )
 
 
 class StudentSpec(_Strict):
@@ -99,6 +102,31 @@ class GenerationSpec(_Strict):
 
 
 # --------------------------------------------------------------------------------------------- training
+class KDSpec(_Strict):
+    """Token-level logit distillation, mixed with the cross-entropy on the teacher's text."""
+
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="the divergence")
+    temperature: float | None = Field(
+        None, gt=0, le=20, description="soft-target temperature; default hyperparameters.temperature"
+    )
+    alpha: float = Field(0.5, ge=0, le=1, description="loss = (1 - alpha) * CE + alpha * KD")
+    beta: float = Field(0.5, gt=0, lt=1, description="jsd only: m = beta * teacher + (1 - beta) * student")
+    source: Literal["teacher", "logprobs"] = Field(
+        "logprobs",
+        description="teacher: a local HF teacher's forward pass; logprobs: top-k captured at generation time",
+    )
+
+
+class HiddenSpec(_Strict):
+    """Match student hidden states to the teacher's through a learned linear projection."""
+
+    loss: Literal["mse", "cosine"] = "mse"
+    weight: float = Field(1.0, gt=0, le=1000, description="added to the loss as weight * hidden_loss")
+    layer_map: dict[int, int] | None = Field(
+        None, description="student layer -> teacher layer (hidden_states index, 0 = embeddings); default: last"
+    )
+
+
 class Hyperparameters(_Strict):
     learning_rate: float = Field(2e-5, gt=0, le=1, description="peak learning rate (1e-5..5e-5 for LLMs)")
     batch_size: int = Field(2, ge=1, le=65536, description="examples per optimiser step and process")
@@ -116,6 +144,19 @@ class Hyperparameters(_Strict):
     eval_every: int | None = Field(None, ge=1, description="validation loss every N steps (and each epoch)")
     save_every: int = Field(50, ge=1, description="checkpoint every N steps (resume after a crash)")
     seed: int = 42
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after this many validations without improvement (None: never stop early)"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best by this")
+    packing: bool = Field(False, description="pack short examples into rows of up to max_seq_len tokens")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on CPU"
+    )
+    kd: KDSpec | None = Field(None, description="logit distillation; omit for plain SFT on the teacher's text")
+    hidden: HiddenSpec | None = Field(None, description="intermediate-layer matching (needs a local teacher)")
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        [], description="also send the curves to these trackers (logs/events.jsonl always has them)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -184,6 +225,19 @@ class JobSpec(_Strict):
         if "self_consistency" in names and self.generation.samples < 2:
             raise ValueError("the self_consistency filter needs generation.samples >= 2 (it votes over samples)")
         return self
+
+    @model_validator(mode="after")
+    def _distillation(self) -> JobSpec:
+        hp = self.hyperparameters
+        needs_local = (hp.kd is not None and hp.kd.source == "teacher") or hp.hidden is not None
+        if needs_local and self.teacher.kind != "hf":
+            raise ValueError("hyperparameters.kd.source 'teacher' and hyperparameters.hidden need a local teacher")
+        return self
+
+    @property
+    def kd_temperature(self) -> float:
+        kd = self.hyperparameters.kd
+        return self.hyperparameters.temperature if kd is None or kd.temperature is None else kd.temperature
 
     @property
     def sampling_temperature(self) -> float:

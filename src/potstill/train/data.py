@@ -24,6 +24,12 @@ class EncodedRow:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    # sparse teacher logprobs (kd.source "logprobs"): position top_start + j holds the top-k of input_ids[...+j]
+    top_ids: list[list[int]] | None = None
+    top_lps: list[list[float]] | None = None
+    top_start: int = 0
+    # packed rows (packing.py): positions restart at 0 for each example
+    position_ids: list[int] | None = None
 
     @property
     def n_target(self) -> int:
@@ -80,6 +86,12 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_len: int) ->
 
 
 def collate(rows: list[EncodedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; ``real`` marks non-padding.
+
+    Packed rows give ``position_ids`` instead of ``attention_mask`` (transformers then keeps attention inside
+    each packed example); rows with teacher logprobs add ``top_ids``/``top_lp`` [B, W, K] aligned with
+    ``labels`` (−inf in unused slots).
+    """
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
@@ -89,4 +101,26 @@ def collate(rows: list[EncodedRow], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(r.input_ids)
         labels[i, :n] = torch.tensor(r.labels)
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "labels": labels, "real": mask}
+    if any(r.position_ids is not None for r in rows):
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            p = r.position_ids if r.position_ids is not None else list(range(len(r.input_ids)))
+            pos[i, : len(p)] = torch.tensor(p)
+            pos[i, len(p) :] = torch.arange(width - len(p))  # padding is its own segment
+        out["position_ids"] = pos
+    else:
+        out["attention_mask"] = mask
+    if any(r.top_ids for r in rows):
+        k = max(len(c) for r in rows for c in (r.top_ids or [[]]))
+        top_ids = torch.zeros((len(rows), width, k), dtype=torch.long)
+        top_lp = torch.full((len(rows), width, k), float("-inf"))
+        for i, r in enumerate(rows):
+            for j, (cand, lps) in enumerate(zip(r.top_ids or [], r.top_lps or [], strict=True)):
+                at = r.top_start + j
+                if at >= width:
+                    break
+                top_ids[i, at, : len(cand)] = torch.tensor(cand, dtype=torch.long)
+                top_lp[i, at, : len(lps)] = torch.tensor(lps, dtype=torch.float)
+        out["top_ids"], out["top_lp"] = top_ids, top_lp
+    return out

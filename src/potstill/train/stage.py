@@ -1,18 +1,41 @@
-"""The train stage: data/train.jsonl (kept teacher outputs) -> student/ (a Hugging Face model folder)."""
+"""The train stage: data/train.jsonl (kept teacher outputs) -> student/ (a Hugging Face model folder).
+
+    run_train(spec, run_dir)     # potstill train RUN_DIR; under `accelerate launch` one process per device
+
+student/ holds the best weights (lowest validation loss), merged when LoRA was used (the adapter alone in
+student/adapter/), the tokenizer, and training_summary.json; student/checkpoints/ the resumable state.
+"""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import JobSpec, LoraSpec
+from ..errors import TrainingError
 from ..run_dir import RunDir, read_jsonl
-from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device
-from .data import encode_chat
+from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype, quiet_transformers
+from .data import EncodedRow, encode_chat
+from .dist import Dist
+from .kd import Distiller, attach_logprobs, check_tokenizers
+from .packing import pack
+from .tracking import Trackers
 from .trainer import FitConfig, fit
 
 
-def fit_config(spec: JobSpec) -> FitConfig:
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU that has it, fp16 on other GPUs, full precision elsewhere."""
+    if choice != "auto":
+        return choice
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def fit_config(spec: JobSpec, device: torch.device | None = None) -> FitConfig:
     hp = spec.hyperparameters
     return FitConfig(
         learning_rate=hp.learning_rate,
@@ -27,6 +50,9 @@ def fit_config(spec: JobSpec) -> FitConfig:
         eval_every=hp.eval_every,
         save_every=hp.save_every,
         seed=hp.seed,
+        mixed_precision=resolve_precision(hp.mixed_precision, device or torch.device("cpu")),
+        early_stopping_patience=hp.early_stopping_patience,
+        early_stopping_min_delta=hp.early_stopping_min_delta,
     )
 
 
@@ -41,68 +67,155 @@ def with_lora(model: Any, lora: LoraSpec) -> Any:
     return get_peft_model(model, cfg)
 
 
-def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
-    import torch
-
+def load_student(spec: JobSpec, device: torch.device) -> Any:
     st = spec.student
+    if st.lora is None or st.lora.quantize is None:
+        model = load_causal_lm(st.model, device, torch.float32)
+        return model if st.lora is None else with_lora(model, st.lora)
+    if device.type != "cuda":
+        raise TrainingError(
+            f"student.lora.quantize: {st.lora.quantize} (QLoRA) needs a CUDA GPU and bitsandbytes; this run is on "
+            f"{device.type} — remove student.lora.quantize to train LoRA on a full-precision base"
+        )
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quiet_transformers()
+    q = (
+        BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        if st.lora.quantize == "4bit"
+        else BitsAndBytesConfig(load_in_8bit=True)
+    )
+    base = AutoModelForCausalLM.from_pretrained(st.model, quantization_config=q, device_map={"": device})
+    return with_lora(prepare_model_for_kbit_training(base), st.lora)
+
+
+def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device) -> Distiller | None:
+    hp = spec.hyperparameters
+    if hp.kd is None and hp.hidden is None:
+        return None
+    teacher = None
+    if (hp.kd is not None and hp.kd.source == "teacher") or hp.hidden is not None:
+        t = spec.teacher
+        check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+        teacher = load_causal_lm(t.model, device, pick_dtype(t.dtype, device))
+    return Distiller(hp.kd, spec.kd_temperature, teacher=teacher, hidden=hp.hidden, student=student)
+
+
+def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
+    """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
+    rows: list[EncodedRow] = []
+    counts = {"truncated": 0, "with_logprobs": 0, "aligned": 0}
+    cache: dict[str, int | None] = {}
+    for r in read_jsonl(path):
+        enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
+        counts["truncated"] += enc.truncated
+        if logprobs and r.get("logprobs"):
+            counts["with_logprobs"] += 1
+            counts["aligned"] += attach_logprobs(enc, r["logprobs"], tok, cache)
+        if enc.n_target:
+            rows.append(enc)
+    return rows, counts
+
+
+def _check_logprobs(spec: JobSpec, counts: dict[str, int], tok: Any, path: Path) -> None:
+    if counts["with_logprobs"] == 0:
+        raise TrainingError(
+            f"hyperparameters.kd.source is 'logprobs' but no row of {path} carries teacher logprobs: capture them "
+            "at generation (generation.logprobs), or use kd.source: teacher with a local teacher"
+        )
+    if counts["aligned"] * 2 < counts["with_logprobs"]:
+        raise TrainingError(
+            f"only {counts['aligned']} of {counts['with_logprobs']} rows' teacher logprobs line up with the "
+            "student's tokens: the teacher's tokenizer differs from the student's. Token-level distillation needs "
+            "the same tokenizer; pick a student from the teacher's family or remove hyperparameters.kd"
+        )
+    if spec.teacher.kind == "hf":
+        check_tokenizers(tok, load_tokenizer(spec.teacher.tokenizer or spec.teacher.model))
+
+
+def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
+    st, hp = spec.student, spec.hyperparameters
+    dist = Dist.from_env()
     tok = load_tokenizer(st.tokenizer or st.model)
-    device = pick_device(st.device)
-    model = load_causal_lm(st.model, device, torch.float32)
-    if st.lora is not None:
-        model = with_lora(model, st.lora)
-    max_len = spec.hyperparameters.max_seq_len
-
-    def encode(path: str) -> tuple[list[Any], int]:
-        rows, truncated = [], 0
-        for r in read_jsonl(rd.data / path):
-            enc = encode_chat(tok, r["messages"], max_len)
-            truncated += enc.truncated
-            if enc.n_target:
-                rows.append(enc)
-        return rows, truncated
-
-    train_rows, trunc_train = encode("train.jsonl")
-    val_rows, _ = encode("validation.jsonl") if (rd.data / "validation.jsonl").exists() else ([], 0)
-    if trunc_train:
-        rd.event("train", "truncated", rows=trunc_train, max_seq_len=max_len)
+    device = dist.device or pick_device(st.device)
+    model = load_student(spec, device)
+    use_lp = hp.kd is not None and hp.kd.source == "logprobs"
+    train_rows, counts = encode_split(spec, rd.data / "train.jsonl", tok, use_lp)
+    if use_lp:
+        _check_logprobs(spec, counts, tok, rd.data / "train.jsonl")
+    val_path = rd.data / "validation.jsonl"
+    val_rows, _ = encode_split(spec, val_path, tok, False) if val_path.exists() else ([], {})
+    if counts["truncated"]:
+        rd.event("train", "truncated", rows=counts["truncated"], max_seq_len=hp.max_seq_len)
+    n_examples = len(train_rows)
+    if hp.packing:
+        train_rows = pack(train_rows, hp.max_seq_len)
+    distiller = build_distiller(spec, tok, model, device)
+    cfg = fit_config(spec, device)
     rd.event(
         "train",
         "start",
-        rows=len(train_rows),
+        rows=n_examples,
+        packed_rows=len(train_rows) if hp.packing else None,
         val_rows=len(val_rows),
         model=st.model,
         parameters=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        processes=dist.world,
+        precision=cfg.mixed_precision,
+        kd=hp.kd.model_dump() if hp.kd else None,
+        logprob_rows=counts["aligned"] if use_lp else None,
     )
-    result = fit(
-        model,
-        train_rows,
-        val_rows,
-        fit_config(spec),
-        tok.pad_token_id,
-        ckpt_dir=rd.checkpoints,
-        log=lambda event, **kw: rd.event("train", event, **kw),
-    )
-    if rd.writer:
-        tmp = rd.student / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if st.lora is not None:
-            model.save_pretrained(tmp / "adapter")  # the adapter alone, then the merged model beside it
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            dest = rd.student / f.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            f.replace(dest)
-        tmp.rmdir()
-    rd.write_json(rd.student / "training_summary.json", {k: v for k, v in result.items()})
+    trackers = Trackers(hp.report_to, rd.logs, spec.name, hp.model_dump()) if rd.writer and hp.report_to else None
+
+    def log(event: str, **kw: Any) -> None:
+        rd.event("train", event, **kw)
+        if trackers is not None:
+            trackers.log(event, kw)
+
+    try:
+        result = fit(model, train_rows, val_rows, cfg, tok.pad_token_id, rd.checkpoints, log, distiller, dist)
+    finally:
+        if trackers is not None:
+            trackers.close()
+    save_student(model, tok, rd, dist, lora=st.lora is not None)
+    rd.write_json(rd.student / "training_summary.json", dict(result.items()))
     return {
-        "rows": len(train_rows),
+        "rows": n_examples,
         "val_rows": len(val_rows),
-        "truncated": trunc_train,
+        "truncated": counts["truncated"],
         "steps": result["steps"],
         "train_loss": result["train_loss"],
         "val_loss": result["val_loss"],
+        "best_step": result["best_step"],
+        "stopped_early": result["stopped_early"],
         "resumed_from": result["resumed_from"],
     }
+
+
+def save_student(model: Any, tok: Any, rd: RunDir, dist: Dist, lora: bool) -> None:
+    """Write the final weights to student/ (via a temp folder); LoRA: adapter/ first, then the merged model."""
+    state = dist.acc.get_state_dict(model) if dist.sharded else None  # a collective: every rank takes part
+    model = dist.unwrap(model)
+    if not rd.writer:
+        return
+    tmp = rd.student / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if lora:
+        model.save_pretrained(tmp / "adapter")  # the adapter alone, then the merged model beside it
+        model = model.merge_and_unload()
+        state = None
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
+    tok.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        dest = rd.student / f.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        f.replace(dest)
+    tmp.rmdir()

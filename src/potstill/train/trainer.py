@@ -1,19 +1,23 @@
-"""SFT of the student on the kept teacher outputs: a plain PyTorch loop with resumable checkpoints.
+"""The training loop: SFT on the teacher's text, optionally with logit distillation and hidden-state matching.
 
-    run_train(spec, run_dir)      # the pipeline stage: data/train.jsonl -> student/ (HF model folder)
-    fit(model, rows, val_rows, cfg, ckpt_dir=..., log=...)   # the loop itself, reused by the demo's teacher
+    fit(model, rows, val_rows, cfg, pad_id, ckpt_dir=..., log=..., distiller=..., dist=...)
 
-Per optimiser step the loss is the mean over every target token of the step's micro-batches (correct under
-gradient accumulation). A checkpoint (model, optimiser, scheduler, RNG states, data position) is written every
-``save_every`` steps into checkpoints/step-N via a temp folder + rename; after kill -9 the next run resumes
-from the newest one and the batches it sees are the ones an uninterrupted run would have seen.
+A plain PyTorch loop (measured faster than TRL's SFTTrainer on small models: benchmarks/train_throughput.py):
+AdamW, warm-up then cosine / linear / constant, gradient accumulation, clipping, autocast (bf16 / fp16 with a
+grad scaler). Per optimiser step each loss is a mean over its positions across every micro-batch (and process)
+of the step, so accumulation and process count do not change the result:
+    loss = (1 - alpha) * CE/N_target + alpha * KD/N_kd + weight * HIDDEN/N_tokens
+Validation loss (cross-entropy on the validation rows) every ``eval_every`` steps and at each epoch's end;
+early stopping after ``patience`` validations without improvement; the best weights are restored at the end.
+Checkpoints (checkpoint.py) every ``save_every`` steps and at the end; after kill -9 the next run resumes from
+the newest and sees the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +27,19 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError
-from .data import EncodedRow, collate
+from .checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_trainable,
+    rng_state,
+    save_best,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
+from .data import IGNORE, EncodedRow, collate
+from .dist import Dist
+from .kd import Distiller, model_inputs
 
 Log = Callable[..., None]
 
@@ -43,9 +59,13 @@ class FitConfig:
     save_every: int = 50
     seed: int = 42
     keep_checkpoints: int = 2
+    mixed_precision: str = "no"  # no | bf16 | fp16 (resolved: see stage.resolve_precision)
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
+    restore_best: bool = True
 
-    def total_steps(self, n_rows: int) -> int:
-        per_epoch = math.ceil(n_rows / (self.batch_size * self.grad_accum_steps))
+    def total_steps(self, n_rows: int, world: int = 1) -> int:
+        per_epoch = math.ceil(n_rows / (self.batch_size * world * self.grad_accum_steps))
         total = max(1, math.ceil(per_epoch * self.num_epochs))
         return min(total, self.max_steps) if self.max_steps else total
 
@@ -66,68 +86,82 @@ def lr_lambda(cfg: FitConfig, total: int) -> Callable[[int], float]:
     return f
 
 
-def _batches(n: int, cfg: FitConfig, epoch: int) -> list[list[int]]:
+def _batches(n: int, cfg: FitConfig, epoch: int, world: int = 1, rank: int = 0) -> list[list[int]]:
+    """This process's share of each global batch (batch_size × world rows, one shuffle per epoch)."""
     g = torch.Generator().manual_seed(cfg.seed + epoch)
     perm = torch.randperm(n, generator=g).tolist()
-    return [perm[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+    size = cfg.batch_size * world
+    out = []
+    for i in range(0, n, size):
+        chunk = perm[i : i + size]
+        per = math.ceil(len(chunk) / world)
+        out.append(chunk[rank * per : (rank + 1) * per])
+    return out
 
 
-def _loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed token cross-entropy over target tokens, and their count."""
-    dev = next(model.parameters()).device
-    batch = {k: v.to(dev) for k, v in batch.items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    shift_logits = logits[:, :-1].float()
-    shift_labels = batch["labels"][:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    shift = logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        shift.reshape(-1, shift.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
-    return loss, int((shift_labels != -100).sum())
+
+
+def _to(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
 
 
 @torch.no_grad()
-def evaluate_loss(model: Any, rows: list[EncodedRow], pad_id: int, batch_size: int = 16) -> float:
+def evaluate_loss(
+    model: Any, rows: list[EncodedRow], pad_id: int, batch_size: int = 16, dist: Dist | None = None
+) -> float:
+    """Mean cross-entropy per target token over ``rows`` (split across processes, summed back)."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        loss, n = _loss(model, collate(rows[i : i + batch_size], pad_id))
-        total += float(loss)
-        count += n
+    dev = next(model.parameters()).device
+    mine = rows[dist.rank :: dist.world]
+    acc = torch.zeros(2, dtype=torch.float64, device=dev)
+    for i in range(0, len(mine), batch_size):
+        b = _to(collate(mine[i : i + batch_size], pad_id), dev)
+        logits = model(**model_inputs(b)).logits
+        acc[0] += _ce_sum(logits, b["labels"]).double()
+        acc[1] += int((b["labels"][:, 1:] != IGNORE).sum())
+    acc = dist.all_sum(acc)
     model.train(was_training)
-    return total / max(count, 1)
+    return float(acc[0] / acc[1].clamp(min=1))
 
 
-def _rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+class _Stopper:
+    """Best validation loss so far and validations since; stops after ``patience`` without improvement."""
 
+    def __init__(self, cfg: FitConfig, st: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        st = st or {}
+        self.best: float | None = st.get("best_val")
+        self.best_step: int | None = st.get("best_step")
+        self.bad: int = st.get("bad_evals", 0)
 
-def _set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
-    random.setstate(st["python"])
+    def update(self, val: float, step: int) -> bool:
+        """Record ``val``; True when it is a new best."""
+        if self.best is None or val < self.best - self.cfg.early_stopping_min_delta:
+            self.best, self.best_step, self.bad = val, step, 0
+            return True
+        self.bad += 1
+        return False
 
+    @property
+    def stop(self) -> bool:
+        p = self.cfg.early_stopping_patience
+        return p is not None and self.bad >= p
 
-def latest_checkpoint(ckpt_dir: Path | None) -> Path | None:
-    if ckpt_dir is None or not ckpt_dir.exists():
-        return None
-    done = sorted(p for p in ckpt_dir.glob("step-*") if (p / "state.pt").exists())
-    return done[-1] if done else None
-
-
-def _save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    final = ckpt_dir / f"step-{step:07d}"
-    tmp = ckpt_dir / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(state, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(ckpt_dir.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    def state(self) -> dict[str, Any]:
+        return {"best_val": self.best, "best_step": self.best_step, "bad_evals": self.bad}
 
 
 def fit(
@@ -138,79 +172,164 @@ def fit(
     pad_id: int,
     ckpt_dir: Path | None = None,
     log: Log | None = None,
+    distiller: Distiller | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` in place. Returns {"steps", "train_loss", "val_loss", "resumed_from", "history"}."""
+    """Train ``model`` in place (the best weights when there is validation data).
+
+    Returns {"steps", "train_loss", "val_loss", "best_step", "stopped_early", "resumed_from", "history"}.
+    """
     if not rows:
         raise TrainingError("no training rows: every teacher output was filtered out (see data/rejected.jsonl)")
     log = log or (lambda *a, **k: None)
+    dist = dist or Dist()
+    writer = dist.rank == 0
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    extra = distiller.proj if distiller is not None else torch.nn.ModuleDict()
+    dev = dist.device or next(model.parameters()).device
+    extra.to(dev)
+    named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters()] if p.requires_grad]
+    params = [p for _, p in named]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ],
         lr=cfg.learning_rate,
     )
-    total = cfg.total_steps(len(rows))
+    total = cfg.total_steps(len(rows), dist.world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
+    scaler = torch.amp.GradScaler(dev.type) if cfg.mixed_precision == "fp16" else None
+    model, opt = dist.prepare(model, opt)
     step, epoch, pos = 0, 0, 0
     history: list[dict[str, Any]] = []
-    resumed_from = None
+    resumed_from, stopped = None, False
+    stopper = _Stopper(cfg)
     if (ck := latest_checkpoint(ckpt_dir)) is not None:
-        st = torch.load(ck / "state.pt", weights_only=False)
-        model.load_state_dict(st["model"], strict=False)
-        opt.load_state_dict(st["optimizer"])
+        st = load_state(ck)
+        if dist.sharded:
+            dist.acc.load_state(str(ck / "sharded"))
+        else:
+            load_trainable(dist.unwrap(model), st["model"])
+            opt.load_state_dict(st["optimizer"])
+        extra.load_state_dict(st["extra"])
         sched.load_state_dict(st["scheduler"])
-        _set_rng_state(st["rng"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        set_rng_state(st["rng"])
         step, epoch, pos, history = st["step"], st["epoch"], st["pos"], st["history"]
+        stopper, stopped = _Stopper(cfg, st), st.get("stopped", False)
         resumed_from = step
         log("resume", step=step, checkpoint=ck.name)
+    alpha = distiller.kd.alpha if distiller is not None and distiller.kd is not None else 0.0
+    h_weight = distiller.hidden.weight if distiller is not None and distiller.hidden is not None else 0.0
+    want_hidden = distiller is not None and distiller.needs_hidden_states
+    best_mem: dict[str, torch.Tensor] | None = None
     t0 = time.perf_counter()
     train_loss = float("nan")
-    while step < total:
-        batches = _batches(len(rows), cfg, epoch)
-        while pos < len(batches) and step < total:
+    while step < total and not stopped:
+        batches = _batches(len(rows), cfg, epoch, dist.world, dist.rank)
+        while pos < len(batches) and step < total and not stopped:
             group = batches[pos : pos + cfg.grad_accum_steps]
-            parts = [_loss(model, collate([rows[i] for i in b], pad_id)) for b in group]
-            n_tok = max(1, sum(n for _, n in parts))
-            loss = sum(lss for lss, _ in parts) / n_tok
-            loss.backward()
+            micro = [collate([rows[i] for i in (b or batches[0][:1])], pad_id) for b in group]
+            weights = [1.0 if b else 0.0 for b in group]  # an empty share (uneven last batch) keeps DDP in step
+            n = torch.zeros(3)
+            for w, b in zip(weights, micro, strict=True):
+                c = distiller.counts(b) if distiller is not None else {}
+                n += w * torch.tensor([float((b["labels"][:, 1:] != IGNORE).sum()), c.get("kd", 0), c.get("hidden", 0)])
+            n0, n1, n2 = dist.all_sum(n.to(dev)).clamp(min=1).tolist()
+            parts = torch.zeros(3, device=dev)
+            for i, (w, b) in enumerate(zip(weights, micro, strict=True)):
+                b = _to(b, dev)
+                with dist.no_sync(model, skip=i < len(micro) - 1), _autocast(dev, cfg.mixed_precision):
+                    out = model(**model_inputs(b), output_hidden_states=want_hidden)
+                    ce = _ce_sum(out.logits, b["labels"])
+                    extra_losses = distiller.step_losses(out, b) if distiller is not None else {}
+                zero = ce.new_zeros(())
+                kd = extra_losses.get("kd", zero)
+                hid = extra_losses.get("hidden", zero)
+                loss = (1 - alpha) * ce / n0 + alpha * kd / n1 + h_weight * hid / n2
+                loss = loss * (w * dist.world)  # DDP averages gradients over processes
+                dist.backward(scaler.scale(loss) if scaler is not None else loss)
+                parts += w * torch.stack([ce.detach() / n0, kd.detach() / n1, hid.detach() / n2])
+            if scaler is not None:
+                scaler.unscale_(opt)
             if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
+                dist.clip(model, params, cfg.max_grad_norm)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             pos += len(group)
-            train_loss = loss.item()
-            rec = {"step": step, "epoch": epoch, "loss": round(train_loss, 5), "lr": sched.get_last_lr()[0]}
+            ce_v, kd_v, hid_v = dist.all_sum(parts).tolist()
+            train_loss = (1 - alpha) * ce_v + alpha * kd_v + h_weight * hid_v
+            rec: dict[str, Any] = {
+                "step": step,
+                "epoch": epoch,
+                "loss": round(train_loss, 5),
+                "lr": sched.get_last_lr()[0],
+            }
+            if distiller is not None:
+                rec.update(ce=round(ce_v, 5), **({"kd": round(kd_v, 5)} if distiller.kd else {}))
+                rec.update({"hidden": round(hid_v, 5)} if distiller.hidden else {})
             end_of_epoch = pos >= len(batches)
             if val_rows and (end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-                rec["val_loss"] = round(evaluate_loss(model, val_rows, pad_id), 5)
+                val = evaluate_loss(model, val_rows, pad_id, dist=dist)
+                rec["val_loss"] = round(val, 5)
+                if stopper.update(val, step) and not dist.sharded:
+                    best = {"model": trainable_state(dist.unwrap(model)), "step": step, "val_loss": val}
+                    if ckpt_dir is None:
+                        best_mem = best["model"]
+                    elif writer:
+                        save_best(ckpt_dir, best)
+                if stopper.stop:
+                    stopped = True
+                    log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=round(stopper.best or 0, 5))
             history.append(rec)
             log("step", **rec, elapsed_s=round(time.perf_counter() - t0, 2))
-            if ckpt_dir is not None and (step % cfg.save_every == 0 or step == total):
+            if ckpt_dir is not None and (step % cfg.save_every == 0 or step == total or stopped):
                 state = {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model": {} if dist.sharded else trainable_state(dist.unwrap(model)),
+                    "extra": extra.state_dict(),
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
-                    "rng": _rng_state(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(),
                     "step": step,
                     "epoch": epoch + (1 if end_of_epoch else 0),
                     "pos": 0 if end_of_epoch else pos,
                     "history": history,
+                    "stopped": stopped,
+                    **stopper.state(),
                 }
-                path = _save_checkpoint(ckpt_dir, step, state, cfg.keep_checkpoints)
-                log("checkpoint", step=step, path=path.name)
+                if dist.sharded or writer:
+                    path = save_checkpoint(
+                        ckpt_dir, step, state, cfg.keep_checkpoints, dist.acc if dist.sharded else None
+                    )
+                    log("checkpoint", step=step, path=path.name)
         if pos >= len(batches):
             epoch, pos = epoch + 1, 0
-    val_loss = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
+    dist.barrier()
+    if val_rows and cfg.restore_best and stopper.best_step is not None and stopper.best_step != step:
+        best_state = best_mem
+        if best_state is None and ckpt_dir is not None and (ckpt_dir / "best" / "state.pt").exists():
+            best_state = load_state(ckpt_dir / "best")["model"]
+        if best_state is not None:
+            load_trainable(dist.unwrap(model), best_state)
+            log("best_restored", step=stopper.best_step, val_loss=round(stopper.best or 0, 5))
     model.eval()
     return {
         "steps": step,
         "train_loss": train_loss,
-        "val_loss": val_loss,
+        "val_loss": round(stopper.best, 5) if stopper.best is not None else None,
+        "best_step": stopper.best_step,
+        "stopped_early": stopped,
         "resumed_from": resumed_from,
         "history": history,
     }
