@@ -52,7 +52,7 @@ def _say(msg: str) -> None:
 
 
 def print_results(run_dir: Path) -> None:
-    from .report.build import comparison_rows, derived_lines
+    from .report.tables import comparison_rows, derived_lines
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
@@ -64,7 +64,7 @@ def print_results(run_dir: Path) -> None:
     out.print(table)
     for line in derived_lines(json.loads(path.read_text())):
         out.print(f"  {line}")
-    out.print(f"report: {run_dir / 'report' / 'report.md'}")
+    out.print(f"report: {run_dir / 'report' / 'report.html'} (and report.md)")
 
 
 @app.command()
