@@ -100,3 +100,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     return subprocess.run(
         [sys.executable, "-m", "potstill", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny run (every stage, plus an extra model row "gold-only"), shared read-only by tests."""
+    from potstill.config import load_spec
+    from potstill.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    extra = [{"name": "gold-only", "model": str(tiny_models["student"])}]
+    d = job_dict(tiny_models, root / "data", evaluation={"models": extra})
+    (root / "job.yaml").write_text(yaml.safe_dump(d))
+    return run_pipeline(load_spec(root / "job.yaml"), root / "run").root
