@@ -201,3 +201,33 @@ def test_api_teacher_row_and_cost() -> None:
     assert cost_per_1k({"calls": 200, "cost_usd": 0.5}) == pytest.approx(2.5)
     assert cost_per_1k({"calls": 200, "cost_usd": None}) is None
     assert cost_per_1k(None) is None
+
+
+@pytest.mark.parametrize("task_type", ["qa", "summarization", "nli"])
+def test_fast_bootstrap_paths_equal_recomputing_task_metrics(task_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-row means and sacrebleu statistics give the very intervals that calling task_metrics on every
+    resample gives (same seed, same resamples)."""
+    import potstill.evaluate.stats as stats
+
+    rng = random.Random(5)
+    words = ["the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "rug", "today", "big", "small", "red"]
+    refs: list[str | None] = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(30)]
+    outs = [" ".join(w if rng.random() < 0.7 else rng.choice(words) for w in (r or "").split()) for r in refs]
+    if task_type == "nli":
+        refs = [rng.choice(["entailment", "neutral", "contradiction"]) for _ in refs]
+        outs = [r if rng.random() < 0.6 else "neutral" for r in refs]  # type: ignore[misc]
+    parsed: list[str | None] = list(outs)
+    correct: list[bool | None] = [o == r for o, r in zip(outs, refs, strict=True)]
+    fast = metric_intervals(task_type, outs, parsed, refs, correct, samples=60, seed=4)
+    monkeypatch.setattr(stats, "fast_paths", lambda *a: {})
+    slow = metric_intervals(task_type, outs, parsed, refs, correct, samples=60, seed=4)
+    assert set(fast) == set(slow) == set(task_metrics(task_type, outs, parsed, refs, correct))
+    for k in fast:
+        assert fast[k]["lo"] == pytest.approx(slow[k]["lo"], abs=1e-9), k
+        assert fast[k]["hi"] == pytest.approx(slow[k]["hi"], abs=1e-9), k
+    monkeypatch.undo()
+    point = task_metrics(task_type, outs, parsed, refs, correct)
+    cols = (outs, parsed, refs, correct)
+    used = stats.fast_paths(task_type, cols, point, list(range(30))[::-1])  # type: ignore[arg-type]
+    expected = {"qa": {"accuracy", "exact_match", "f1"}, "nli": {"accuracy"}}.get(task_type)
+    assert set(used) == (expected or set(point)), "macro-F1 has no fast path; every other metric has one"

@@ -46,7 +46,7 @@ def test_results_json_schema(tiny_run: Path) -> None:
     for m in res["models"]:
         for key, typ in MODEL_KEYS.items():
             assert isinstance(m[key], typ), (m["name"], key)
-        assert m["kind"] == "local" and m["device"] == "cpu"
+        assert m["kind"] == "local" and m["device"].split(":")[0] in ("cpu", "cuda", "mps")
         assert m["parameters"] > 0 and m["size_on_disk_mb"] > 0
         lat = m["latency"]
         assert lat["n"] == 2 == len(lat["samples_ms"]) and 0 < lat["p50_ms"] <= lat["p95_ms"]

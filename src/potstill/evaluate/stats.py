@@ -57,6 +57,50 @@ def _resamples(n: int, samples: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(n) for _ in range(n)] for _ in range(samples)]
 
 
+Recompute = Callable[[list[int]], float]
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _sacrebleu(name: str, outputs: list[str], refs: list[str]) -> Recompute | None:
+    """Corpus BLEU/chrF on a resample from per-row sufficient statistics, as sacrebleu's own bootstrap does."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU, CHRF
+
+    metric = {"bleu": BLEU, "chrf": CHRF}[name]()
+    try:
+        stats = np.array(metric._extract_corpus_statistics(outputs, [refs]))
+    except Exception:  # an incompatible sacrebleu: the exact slow path is used instead
+        return None
+    return lambda idx: float(metric._compute_score_from_stats(stats[idx].sum(axis=0)).score)
+
+
+def fast_paths(
+    task_type: str, cols: tuple[list[Any], ...], point: dict[str, float], check: list[int]
+) -> dict[str, Recompute]:
+    """Cheap recomputations of the metrics on a resample, each kept only where it reproduces ``task_metrics`` on
+    all rows and on the ``check`` resample: a per-row mean (accuracy, EM, F1, ROUGE) or corpus statistics
+    (BLEU, chrF). Metrics with neither (e.g. macro-F1) are recomputed with task_metrics on every resample."""
+    singles = [task_metrics(task_type, *([c[i]] for c in cols)) for i in range(len(cols[0]))]
+    paths: dict[str, Recompute] = {}
+    for k in point:
+        vals = [s.get(k) for s in singles]
+        if all(v is not None for v in vals) and _close(sum(vals) / len(vals), point[k]):  # type: ignore[arg-type]
+            paths[k] = lambda idx, vals=vals: sum(vals[i] for i in idx) / len(idx)  # type: ignore[misc]
+        elif (
+            k in ("bleu", "chrf")
+            and (fn := _sacrebleu(k, cols[0], cols[2]))
+            and _close(fn(list(range(len(cols[0])))), point[k])
+        ):
+            paths[k] = fn
+    if paths:
+        again = task_metrics(task_type, *([c[i] for i in check] for c in cols))
+        paths = {k: fn for k, fn in paths.items() if _close(fn(check), again.get(k))}
+    return paths
+
+
 def metric_intervals(
     task_type: str,
     outputs: Sequence[str],
@@ -76,22 +120,19 @@ def metric_intervals(
             ci = wilson(round(point[name] * n), n)
             if ci:
                 out[name] = {"lo": ci[0], "hi": ci[1], "method": "wilson"}
-    rest = [k for k in point if k not in out]
+    rest = {k: v for k, v in point.items() if k not in out}
     if not rest or samples <= 0 or len(keep) < 2:
         return out
+    cols = tuple([col[i] for i in keep] for col in (outputs, parsed, references, correct))
+    resamples = _resamples(len(keep), samples, seed)
+    fast = fast_paths(task_type, cols, rest, resamples[0])
     draws: dict[str, list[float]] = {k: [] for k in rest}
-    for idx in _resamples(len(keep), samples, seed):
-        rows = [keep[i] for i in idx]
-        m = task_metrics(
-            task_type,
-            [outputs[i] for i in rows],
-            [parsed[i] for i in rows],
-            [references[i] for i in rows],
-            [correct[i] for i in rows],
-        )
+    for idx in resamples:
+        slow = task_metrics(task_type, *([c[i] for i in idx] for c in cols)) if set(rest) - set(fast) else {}
         for k in rest:
-            if k in m:
-                draws[k].append(m[k])
+            v = fast[k](idx) if k in fast else slow.get(k)
+            if v is not None:
+                draws[k].append(v)
     for k, vals in draws.items():
         ci = percentile_interval(vals)
         if ci:
