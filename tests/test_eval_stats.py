@@ -107,6 +107,9 @@ def test_paired_interval() -> None:
     assert lo < observed < hi
     lo, hi = paired_interval(ratio_pct, x, y, 500) or (0, 0)
     assert lo < 100 * sum(map(bool, x)) / sum(map(bool, y)) < hi
+    # a ratio undefined on many resamples (the teacher right on one row only) gets no interval, not a false one
+    one: list[bool | None] = [True] + [False] * 99
+    assert paired_interval(ratio_pct, one, one, 200) is None
     # rows either side did not score are left out of the pairs
     assert paired_interval(difference, [True, None, False], [None, True, True], 50) is None
     assert proportion_interval([True, False, None]) == {

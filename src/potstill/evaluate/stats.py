@@ -171,6 +171,8 @@ def paired_interval(
         v = stat(_mean([pairs[i][0] for i in idx]), _mean([pairs[i][1] for i in idx]))
         if v is not None:
             vals.append(v)
+    if len(vals) < 0.95 * samples:  # e.g. a ratio whose denominator is often 0: too few rows to bound it
+        return None
     return percentile_interval(vals)
 
 

@@ -158,7 +158,10 @@ def accuracy_vs_parameters(results: dict[str, Any]) -> bytes | None:
         acc, ci = 100 * m["accuracy"], get(m, "intervals", "accuracy")
         err = [[max(0.0, acc - 100 * ci["lo"])], [max(0.0, 100 * ci["hi"] - acc)]] if ci else None
         ax.errorbar([m["parameters"]], [acc], yerr=err, fmt="o", capsize=4, color=COLOURS[i % len(COLOURS)])
-        ax.annotate(m["name"], (m["parameters"], acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        same = sum(1 for o in models[:i] if o["parameters"] == m["parameters"])  # stack labels of equal sizes
+        ax.annotate(
+            m["name"], (m["parameters"], acc), textcoords="offset points", xytext=(6, 4 + 11 * same), fontsize=8
+        )
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("accuracy % (95 % CI)")
