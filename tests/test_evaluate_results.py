@@ -105,3 +105,17 @@ def test_extra_model_names_are_checked(tiny_models: dict, tmp_path: Path) -> Non
         validate_spec(job_dict(tiny_models, tmp_path, evaluation={"models": two}))
     with pytest.raises(ConfigError, match="unknown field 'modle'"):
         validate_spec(job_dict(tiny_models, tmp_path, evaluation={"models": [{"name": "a", "modle": "x"}]}))
+
+
+def test_nothing_to_score_is_refused_before_any_model_loads(tiny_models: dict, tmp_path: Path) -> None:
+    from conftest import write_jsonl
+
+    from potstill import EvaluationError
+    from potstill.evaluate.run import run_evaluate
+    from potstill.run_dir import RunDir
+
+    d = job_dict(tiny_models, tmp_path, evaluation={"teacher": False})
+    d["data"]["test"] = str(write_jsonl(tmp_path / "unlabelled.jsonl", [{"prompt": "What is 1 plus 2?"}]))
+    with pytest.raises(EvaluationError, match="no row has a reference answer and the teacher is not evaluated"):
+        run_evaluate(validate_spec(d), RunDir(tmp_path / "run"))
+    assert not (tmp_path / "run" / "eval").exists()

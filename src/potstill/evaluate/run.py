@@ -203,6 +203,11 @@ def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     refs = [ex.reference for ex in examples]
     student_convs = [ex.messages for ex in examples]
     ledger = (rd.stage("generate").get("counts") or {}).get("ledger")
+    if not spec.evaluation.teacher and all(r is None for r in refs):
+        raise EvaluationError(
+            f"{path}: no row has a reference answer and the teacher is not evaluated, so nothing can be scored; "
+            "add answers to the rows or set evaluation.teacher: true"
+        )
 
     rows: list[dict[str, Any]] = []
     verdicts: dict[str, list[bool | None]] = {}
@@ -226,11 +231,6 @@ def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         verdicts[cand.name] = correct
         _write_predictions(rd, cand.name, examples, texts, parsed, correct)
         rd.event("evaluate", "model_done", model=cand.name, accuracy=scores["accuracy"])
-    if teacher_parsed is None and not any(r is not None for r in refs):
-        raise EvaluationError(
-            f"{path}: no row has a reference answer and the teacher is not evaluated, so nothing can be scored; "
-            "add answers to the rows or set evaluation.teacher: true"
-        )
 
     ev = spec.evaluation
     results = {
