@@ -40,11 +40,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("models")
     texts = [f"{q} Answer: {a}" for q, a in QUESTIONS] * 20
-    tok = build_tokenizer(texts, vocab_size=200)
+    tok = build_tokenizer(texts, vocab_size=400)
     teacher = tiny_llama(tok, hidden=32, layers=2, heads=2, seed=0)
     rows = [
-        encode_chat(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": f"Answer: {a}"}], 64)
+        encode_chat(
+            tok, [*system, {"role": "user", "content": q}, {"role": "assistant", "content": f"Answer: {a}"}], 64
+        )
         for q, a in QUESTIONS
+        for system in ([], [{"role": "system", "content": "Answer."}])  # tiny jobs send system "Answer."
     ]
     fit(
         teacher,
@@ -140,3 +143,16 @@ def api_job_dict(data_dir: Path, teacher: dict[str, Any], n_train: int = 12, **o
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny run (every stage, plus an extra model row "gold-only"), shared read-only by tests."""
+    from potstill.config import load_spec
+    from potstill.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    extra = [{"name": "gold-only", "model": str(tiny_models["student"])}]
+    d = job_dict(tiny_models, root / "data", evaluation={"models": extra})
+    (root / "job.yaml").write_text(yaml.safe_dump(d))
+    return run_pipeline(load_spec(root / "job.yaml"), root / "run").root

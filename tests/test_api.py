@@ -35,6 +35,9 @@ def test_distillation_job_keywords_run_and_result(tiny_models: dict, tmp_path: P
     assert result.performance_improvement == pytest.approx(result.distilled.accuracy - result.baseline.accuracy)
     if result.teacher.accuracy:
         assert result.accuracy_retention == pytest.approx(100 * result.distilled.accuracy / result.teacher.accuracy)
+    lo, hi = result.distilled.accuracy_ci or (2.0, -1.0)
+    assert lo <= result.distilled.accuracy <= hi
+    assert result.distilled.metrics["accuracy"] == result.distilled.accuracy
     again = load_result(tmp_path / "run")
     assert again.distilled == result.distilled
 

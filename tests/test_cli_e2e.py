@@ -26,6 +26,7 @@ CONTRACT = [
     "eval/predictions/baseline.jsonl",
     "eval/predictions/distilled.jsonl",
     "report/report.md",
+    "report/report.html",
     "logs/events.jsonl",
 ]
 
@@ -94,7 +95,7 @@ def test_stage_commands_run_one_stage_in_order(tiny_job: Path, tmp_path: Path) -
 def test_python_module_and_help() -> None:
     res = run_cli("--help")
     assert res.returncode == 0
-    for cmd in ("run", "generate", "validate", "train", "evaluate", "report", "status", "demo"):
+    for cmd in ("run", "generate", "validate", "train", "evaluate", "report", "status", "compare", "demo"):
         assert cmd in res.stdout
 
 

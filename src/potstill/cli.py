@@ -5,6 +5,7 @@
     potstill status RUN_DIR                          each stage's state, counts and time
     potstill export RUN_DIR --format hf,onnx,onnx-int8   the student as a merged HF folder / ONNX (checked)
     potstill serve MODEL_DIR|RUN_DIR [--port 8000]   an OpenAI-compatible server on 127.0.0.1
+    potstill compare RUN_DIR... [--model NAME]       several runs side by side
     potstill demo [--quick]                          the offline demo
 
 Exit codes: 0 ok, 2 bad input (spec or data), 1 any other failure. Errors are one line each, on stderr.
@@ -53,20 +54,29 @@ def _say(msg: str) -> None:
     err.print(f"[dim]potstill[/] {msg}", highlight=False)
 
 
+def _table(header: list[str], rows: list[list[str]], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right", overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
 def print_results(run_dir: Path) -> None:
-    from .report.build import comparison_rows, derived_lines
+    """The comparison table of a run (from eval/results.json), the derived numbers and where the report is."""
+    from .report.tables import comparison_rows, derived_lines
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
         return
-    header, rows = comparison_rows(json.loads(path.read_text()))
-    table = Table(*header, title="teacher vs student", title_justify="left")
-    for r in rows:
-        table.add_row(*r)
-    out.print(table)
-    for line in derived_lines(json.loads(path.read_text())):
+    results = json.loads(path.read_text())
+    out.print(_table(*comparison_rows(results), title="teacher vs student (95 % CIs in brackets)"))
+    for line in derived_lines(results):
         out.print(f"  {line}")
-    out.print(f"report: {run_dir / 'report' / 'report.md'}")
+    html = run_dir / "report" / "report.html"
+    if html.exists():
+        out.print(f"report: {html} (and report.md)")
 
 
 @app.command()
@@ -215,6 +225,29 @@ def serve(
         max_batch=max_batch,
         log=_say,
     )
+
+
+@app.command()
+@_guard
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="two or more run folders (one works too)")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="only rows of this model (repeatable), e.g. distilled")
+    ] = None,
+    markdown: Annotated[Path | None, typer.Option(help="also write the tables to this markdown file")] = None,
+) -> None:
+    """Several runs side by side: each model's scores with CIs, speed, memory, and the settings that differ."""
+    from .report.compare import compare_markdown, compare_rows, load_runs, spec_differences
+    from .run_dir import atomic_write_text
+
+    runs = load_runs(run_dirs)
+    out.print(_table(*compare_rows(runs, model), title="runs side by side (95 % CIs in brackets)"))
+    header, rows = spec_differences(runs)
+    if rows:
+        out.print(_table(header, rows, title="settings that differ"))
+    if markdown is not None:
+        atomic_write_text(markdown, compare_markdown(runs, model))
+        out.print(f"written: {markdown}")
 
 
 @app.command()

@@ -160,14 +160,47 @@ class Hyperparameters(_Strict):
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+RESERVED_MODEL_NAMES = ("teacher", "baseline", "distilled")
+
+
+class ExtraModel(_Strict):
+    """Another local model evaluated beside the others, e.g. the student trained on gold data only."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="its row name (file-safe)")
+    model: str = Field(description="hub id or local folder (e.g. a previous run's student/)")
+    tokenizer: str | None = Field(None, description="tokenizer id/folder when it differs from `model`")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v in RESERVED_MODEL_NAMES:
+            raise ValueError(f"{v!r} is taken by a built-in row; pick another name")
+        return v
+
+
 class EvaluationSpec(_Strict):
     metrics: list[Literal["accuracy", "bleu", "rouge", "latency", "memory"]] = ["accuracy", "latency", "memory"]
     baseline: bool = Field(True, description="also evaluate the untouched student")
     teacher: bool = Field(True, description="also evaluate the teacher")
+    models: list[ExtraModel] = Field([], description="extra local models to evaluate: [{name, model, tokenizer?}]")
     max_new_tokens: int = Field(128, ge=1)
     max_examples: int | None = Field(None, ge=1, description="cap on scored rows")
     latency_samples: int = Field(16, ge=1, description="prompts timed one at a time (batch 1)")
     batch_size: int = Field(16, ge=1, description="batch size for scoring and throughput")
+    bootstrap_samples: int = Field(
+        1000, ge=0, le=100_000, description="resamples for the 95% bootstrap CIs (0: Wilson intervals only)"
+    )
+    seed: int = Field(0, description="seed of the bootstrap resampling")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[ExtraModel]) -> list[ExtraModel]:
+        names = [m.name for m in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"two extra models are named {dup!r}; names must be unique")
+        return v
 
 
 # --------------------------------------------------------------------------------------------- job
@@ -251,7 +284,7 @@ class JobSpec(_Strict):
             p = getattr(spec.data, field)
             if p is not None and not p.is_absolute():
                 setattr(spec.data, field, (base / p).resolve())
-        for part in (spec.teacher, spec.student):
+        for part in (spec.teacher, spec.student, *spec.evaluation.models):
             for attr in ("model", "tokenizer"):
                 val = getattr(part, attr, None)
                 if val and _looks_local(val) and (base / val).exists():

@@ -38,6 +38,8 @@ class ModelResult:
     throughput_answers_per_s: float | None
     peak_memory_mb: float | None  # tensor peak during generation
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    accuracy_ci: tuple[float, float] | None = None  # 95 % Wilson interval
+    metrics: dict[str, float] = field(default_factory=dict)  # every task metric (BLEU, macro-F1, ...)
 
     @classmethod
     def from_json(cls, r: dict[str, Any]) -> ModelResult:
@@ -54,6 +56,8 @@ class ModelResult:
             throughput_answers_per_s=thr.get("answers_per_s"),
             peak_memory_mb=mem.get("peak_tensor_mb"),
             raw=r,
+            accuracy_ci=(ci["lo"], ci["hi"]) if (ci := (r.get("intervals") or {}).get("accuracy")) else None,
+            metrics=dict(r.get("metrics") or {}),
         )
 
 

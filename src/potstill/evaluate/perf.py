@@ -1,6 +1,7 @@
 """Speed and footprint of a local model, measured the same way for every model.
 
-    latency(lm, prompts, max_new_tokens)     -> {"mean_ms", "p50_ms", "p95_ms", "tokens_per_s"} at batch 1
+    latency(lm, prompts, max_new_tokens)     -> {"mean_ms", "p50_ms", "p95_ms", "tokens_per_s", ...} at batch 1
+    throughput(lm, prompts, max_new_tokens, batch_size) -> (outputs, {"answers_per_s", "tokens_per_s", ...})
     peak_memory(lm, prompt, max_new_tokens)  -> {"peak_tensor_mb", "weights_mb", "rss_mb", "how"}
 
 Memory on CPU is the peak of live tensor bytes during one measured generation: the weights (alive before the
@@ -22,17 +23,26 @@ from typing import Any
 
 import torch
 
-
-def percentile(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+from .stats import percentile
 
 
-def latency(lm: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> dict[str, float]:
+def latency_summary(times_s: list[float], tokens: int | None, how: str) -> dict[str, Any]:
+    """Mean, p50 and p95 of per-answer times (seconds in, milliseconds out), with every sample kept."""
+    if not times_s:
+        return {}
+    total = sum(times_s)
+    return {
+        "mean_ms": 1000 * statistics.fmean(times_s),
+        "p50_ms": 1000 * percentile(times_s, 0.5),
+        "p95_ms": 1000 * percentile(times_s, 0.95),
+        "tokens_per_s": tokens / total if tokens is not None and total else None,
+        "n": len(times_s),
+        "samples_ms": [round(1000 * t, 3) for t in times_s],
+        "how": how,
+    }
+
+
+def latency(lm: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int) -> dict[str, Any]:
     """Time each prompt alone (batch 1), greedy, after one warm-up call."""
     if not prompts:
         return {}
@@ -43,13 +53,23 @@ def latency(lm: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int) -
         out = lm.generate([p], max_new_tokens=max_new_tokens)[0]
         times.append(time.perf_counter() - t0)
         tokens += out.completion_tokens
-    return {
-        "mean_ms": 1000 * statistics.fmean(times),
-        "p50_ms": 1000 * percentile(times, 0.5),
-        "p95_ms": 1000 * percentile(times, 0.95),
-        "tokens_per_s": tokens / sum(times) if sum(times) else float("nan"),
-        "n": len(times),
-        "samples_ms": [round(1000 * t, 3) for t in times],
+    return latency_summary(times, tokens, "batch 1, greedy, one warm-up call first")
+
+
+def throughput(
+    lm: Any, prompts: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int
+) -> tuple[list[Any], dict[str, Any]]:
+    """Answer every prompt at ``batch_size`` (greedy) after a one-prompt warm-up; the outputs and the rate."""
+    lm.generate(prompts[:1], max_new_tokens=max_new_tokens)
+    t0 = time.perf_counter()
+    outs = lm.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    return outs, {
+        "answers_per_s": len(outs) / dt if dt else None,
+        "tokens_per_s": sum(o.completion_tokens for o in outs) / dt if dt else None,
+        "batch_size": batch_size,
+        "answers": len(outs),
+        "seconds": dt,
     }
 
 
@@ -111,9 +131,23 @@ def peak_memory(lm: Any, prompt: list[dict[str, str]], max_new_tokens: int) -> d
     }
 
 
+def local_folder(model: str | os.PathLike[str]) -> Path | None:
+    """The folder holding a model's files: the path itself, or a hub id's snapshot in the local cache."""
+    p = Path(model)
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except Exception:  # not a hub id, or not cached: the size is unknown, not an error
+        return None
+
+
 def size_on_disk_mb(path: str | os.PathLike[str]) -> float | None:
-    p = Path(path)
-    if not p.is_dir():
+    """Weights on disk (safetensors, bin, pt, gguf, onnx), in MiB; None when the files are not local."""
+    p = local_folder(path)
+    if p is None:
         return None
     exts = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
     return sum(f.stat().st_size for f in p.glob("*") if f.suffix in exts) / 2**20

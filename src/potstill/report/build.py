@@ -1,131 +1,176 @@
-"""The report stage, built from files alone: eval/results.json, data/filter_report.json, state.json -> report/.
+"""The report stage, built from the run's files alone (never from a stage's memory):
 
-run_report(spec, run_dir)    # writes report/report.md
-comparison_rows(results)     # the seed's table as rows of strings (also printed by the CLI)
+eval/results.json, data/filter_report.json, state.json, logs/events.jsonl, teacher/outputs/, job.yaml
+    -> report/report.md, report/report.html (self-contained: CSS inline, plots as data: URIs), report/*.png
+
+build_report(run_dir)   -> {"markdown": path, "html": path, "plots": [names]}   (also the stage's work)
+load_context(run_dir)   -> everything the report shows, as plain data
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..config import JobSpec
-from ..run_dir import RunDir
-
-ORDER = ("teacher", "baseline", "distilled")
-
-
-def _fmt(v: Any, spec: str = "{:.3g}") -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return spec.format(v)
-    return str(v)
+from ..errors import EvaluationError
+from ..run_dir import RunDir, read_jsonl
+from . import plots
+from .tables import comparison_rows, derived_lines, derived_table, fmt, funnel_rows, ledger_rows, markdown_table
 
 
-def _params(n: int | None) -> str:
-    if n is None:
-        return "–"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(n)
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _get(r: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        r = r.get(k) if isinstance(r, dict) else None
-    return r
+def loss_history(rd: RunDir) -> list[dict[str, Any]]:
+    """The "step" events of the latest training, joined across a crash and its resume (logs/events.jsonl)."""
+    steps: dict[int, dict[str, Any]] = {}
+    fresh = False
+    for e in rd.events(stage="train"):
+        match e.get("event"):
+            case "start":
+                fresh = True
+            case "resume":
+                steps = {s: v for s, v in steps.items() if s <= int(e.get("step", 0))}
+                fresh = False
+            case "step":
+                if fresh:
+                    steps, fresh = {}, False
+                steps[int(e["step"])] = e
+    return [steps[s] for s in sorted(steps)]
 
 
-def comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    models = sorted(results["models"], key=lambda r: ORDER.index(r["name"]) if r["name"] in ORDER else 9)
-    header = ["", *[m["name"] for m in models]]
-    rows = [
-        ["parameters", *[_params(m.get("parameters")) for m in models]],
-        ["memory (tensor peak, MB)", *[_fmt(_get(m, "memory", "peak_tensor_mb"), "{:.2f}") for m in models]],
-        ["inference time (ms/answer, p50)", *[_fmt(_get(m, "latency", "p50_ms"), "{:.1f}") for m in models]],
-        ["accuracy", *[_fmt(m.get("accuracy"), "{:.1%}") for m in models]],
-        ["throughput (answers/s)", *[_fmt(_get(m, "throughput", "answers_per_s"), "{:.1f}") for m in models]],
-    ]
-    return header, rows
+def generation_ledger(rd: RunDir) -> dict[str, Any]:
+    """The generate stage's ledger (calls, tokens, cost) and the answers that failed (teacher/outputs/)."""
+    ledger = dict((rd.stage("generate").get("counts") or {}).get("ledger") or {})
+    if "failures" not in ledger and rd.outputs.is_dir():
+        ledger["failures"] = sum(
+            1 for f in sorted(rd.outputs.glob("*.jsonl")) for r in read_jsonl(f) if r.get("finish_reason") == "error"
+        )
+    return ledger
 
 
-def derived_lines(results: dict[str, Any]) -> list[str]:
-    c = results.get("comparison", {})
-    labels = [
-        ("accuracy_retention_pct", "accuracy retention", "{:.1f} %"),
-        ("gain_over_baseline", "gain over baseline (accuracy points)", "{:+.1%}"),
-        ("latency_reduction_pct", "inference time reduction", "{:.1f} %"),
-        ("memory_reduction_pct", "memory reduction", "{:.1f} %"),
-        ("throughput_x", "throughput", "{:.2f}×"),
-        ("parameter_ratio", "student / teacher parameters", "{:.3f}"),
-    ]
-    return [f"{label}: {fmt.format(c[k])}" for k, label, fmt in labels if c.get(k) is not None]
+def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    rd = RunDir(Path(run_dir))
+    results = _json(rd.eval / "results.json")
+    if not results:
+        raise EvaluationError(f"{rd.eval / 'results.json'} not found: run `potstill evaluate {rd.root}` first")
+    job_text = rd.job_yaml.read_text() if rd.job_yaml.exists() else ""
+    return {
+        "results": results,
+        "filter_report": _json(rd.data / "filter_report.json"),
+        "state": rd.state(),
+        "job": yaml.safe_load(job_text) or {},
+        "job_text": job_text,
+        "history": loss_history(rd),
+        "ledger": generation_ledger(rd),
+    }
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def teacher_lines(counts: dict[str, Any]) -> list[str]:
-    """The generate stage's ledger: calls, tokens, cost (when prices are set), failed rows."""
-    led = counts.get("ledger")
-    if not led:
-        return []
-    line = (
-        f"- {led['calls']} teacher calls, {led['prompt_tokens']} prompt + {led['completion_tokens']} completion tokens"
+def _summary(ctx: dict[str, Any]) -> str:
+    job, res = ctx["job"], ctx["results"]
+    teacher = (job.get("teacher") or {}).get("model", "?")
+    student = (job.get("student") or {}).get("model", "?")
+    return (
+        f"Task **{res.get('task_type')}** · teacher `{teacher}` → student `{student}` · evaluated on "
+        f"{res.get('rows')} {res.get('split')} rows (accuracy against the {res.get('scored_against')}) · "
+        f"greedy, max_new_tokens {res.get('max_new_tokens')}, batch size {res.get('batch_size')} for throughput."
     )
-    if counts.get("cost_usd") is not None:
-        line += f", cost ${counts['cost_usd']:.4f} (this run ${counts.get('cost_usd_this_run', 0):.4f})"
-    failed = sum(v.get("failed", 0) for v in counts.values() if isinstance(v, dict))
-    return ["", "## Teacher", "", line + (f", {failed} rows failed" if failed else "")]
+
+
+def _notes(ctx: dict[str, Any]) -> list[str]:
+    models = ctx["results"]["models"]
+    notes = []
+    for m in models:
+        bits = [f"{m['name']}: {m.get('kind', 'local')} model `{m.get('model')}`"]
+        if m.get("device"):
+            bits.append(f"on {m['device']} ({m.get('dtype')})")
+        if (m.get("memory") or {}).get("how"):
+            bits.append(f"memory = {m['memory']['how']}")
+        if (m.get("latency") or {}).get("how"):
+            bits.append(f"latency = {m['latency']['how']}")
+        notes.append(", ".join(bits))
+    notes.append(
+        "95 % intervals: Wilson for accuracies and exact match, percentile bootstrap over rows for the other "
+        f"metrics ({ctx['results'].get('bootstrap_samples')} resamples), paired bootstrap for retention and gain."
+    )
+    return notes
+
+
+def _stage_rows(ctx: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    st = ctx["state"].get("stages", {})
+    return ["stage", "status", "seconds"], [
+        [n, s.get("status", "–"), fmt(s.get("elapsed_s"), "{:.1f}")] for n, s in st.items()
+    ]
+
+
+def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> str:
+    res = ctx["results"]
+    parts = [f"# potstill report: {ctx['job'].get('name', '')}", "", _summary(ctx), "", "## Comparison", ""]
+    parts += [markdown_table(*comparison_rows(res)), ""]
+    parts += [f"- {line}" for line in derived_lines(res)]
+    header, rows = derived_table(res)
+    if len(header) > 2:
+        parts += ["", "### Every model against the teacher and the baseline", "", markdown_table(header, rows)]
+    parts += ["", "### How it was measured", "", *[f"- {n}" for n in _notes(ctx)], ""]
+    for name, (title, _) in figures.items():
+        parts += [f"## {title}", "", f"![{title}]({name}.png)", ""]
+    if ctx["filter_report"]:
+        parts += ["## Teacher outputs kept", "", markdown_table(*funnel_rows(ctx["filter_report"])), ""]
+    if ctx["ledger"]:
+        parts += ["## Generation ledger", "", markdown_table(*ledger_rows(ctx["ledger"])), ""]
+    parts += ["## Stages", "", markdown_table(*_stage_rows(ctx)), ""]
+    parts += ["## Job spec", "", "```yaml", ctx["job_text"].rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> str:
+    import jinja2
+
+    template = (resources.files("potstill.report") / "template.html").read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    res = ctx["results"]
+    header, rows = derived_table(res)
+    return env.from_string(template).render(
+        title=f"potstill report: {ctx['job'].get('name', '')}",
+        summary=_summary(ctx).replace("**", "").replace("`", ""),
+        comparison=comparison_rows(res),
+        derived=derived_lines(res),
+        derived_table=(header, rows) if len(header) > 2 else None,
+        notes=[n.replace("`", "") for n in _notes(ctx)],
+        figures=[
+            {"name": n, "title": t, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+            for n, (t, png) in figures.items()
+        ],
+        funnel=funnel_rows(ctx["filter_report"]) if ctx["filter_report"] else None,
+        ledger=ledger_rows(ctx["ledger"]) if ctx["ledger"] else None,
+        stages=_stage_rows(ctx),
+        job_text=ctx["job_text"],
+    )
+
+
+def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    rd = RunDir(Path(run_dir))
+    ctx = load_context(rd.root)
+    figures = plots.render_all(ctx)
+    for name, (_, png) in figures.items():
+        if rd.writer:
+            tmp = rd.report / f".{name}.png.tmp"
+            rd.report.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(png)
+            tmp.replace(rd.report / f"{name}.png")
+    rd.write_text(rd.report / "report.md", render_markdown(ctx, figures))
+    rd.write_text(rd.report / "report.html", render_html(ctx, figures))
+    return {"markdown": str(rd.report / "report.md"), "html": str(rd.report / "report.html"), "plots": list(figures)}
 
 
 def run_report(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
-    results = json.loads((rd.eval / "results.json").read_text())
-    header, rows = comparison_rows(results)
-    parts = [
-        f"# potstill report: {spec.name}",
-        "",
-        f"Task: **{spec.task_type}** · teacher `{spec.teacher.model}` → student `{spec.student.model}` · "
-        f"evaluated on {results['rows']} {results['split']} rows (accuracy against {results['scored_against']}).",
-        "",
-        "## Comparison",
-        "",
-        markdown_table(header, rows),
-        "",
-        *[f"- {line}" for line in derived_lines(results)],
-    ]
-    fr = rd.data / "filter_report.json"
-    if fr.exists():
-        rep = json.loads(fr.read_text())
-        parts += ["", "## Teacher outputs kept", ""]
-        parts.append(
-            markdown_table(
-                ["split", "in", "kept", "rejected", "reasons"],
-                [
-                    [
-                        s,
-                        str(v["rows_in"]),
-                        str(v["kept"]),
-                        str(v["rejected"]),
-                        ", ".join(f"{k} ({n})" for k, n in v["reasons"].items()) or "–",
-                    ]
-                    for s, v in rep["splits"].items()
-                ],
-            )
-        )
-    st = rd.state().get("stages", {})
-    parts += teacher_lines(st.get("generate", {}).get("counts") or {})
-    parts += ["", "## Stages", ""]
-    parts.append(
-        markdown_table(
-            ["stage", "status", "seconds"],
-            [[n, s.get("status", "–"), _fmt(s.get("elapsed_s"), "{:.1f}")] for n, s in st.items()],
-        )
-    )
-    rd.write_text(rd.report / "report.md", "\n".join(parts) + "\n")
-    return {"report": str(rd.report / "report.md")}
+    out = build_report(rd.root)
+    return {"report": out["html"], "plots": len(out["plots"])}
