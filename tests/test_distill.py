@@ -42,8 +42,9 @@ def test_tokenizer_mismatch_is_a_clear_error(tiny_models: dict) -> None:
     b = build_tokenizer(["completely different words for another vocabulary"] * 20, vocab_size=300)
     with pytest.raises(TrainingError, match=r"tokenizers differ: .* map to different tokens \(e\.g\. id"):
         check_tokenizers(a, b)  # same size, different merges
-    with pytest.raises(TrainingError, match=f"base vocabularies of 261 and {a.vocab_size} tokens"):
-        check_tokenizers(student_tok, a)
+    c = build_tokenizer([f"{q} Answer: {x}" for q, x in QUESTIONS] * 20, vocab_size=student_tok.vocab_size - 20)
+    with pytest.raises(TrainingError, match=f"base vocabularies of {student_tok.vocab_size} and {c.vocab_size} tokens"):
+        check_tokenizers(student_tok, c)
     check_tokenizers(student_tok, load_tokenizer(str(tiny_models["teacher"])))  # the same tokenizer passes
 
 

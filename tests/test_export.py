@@ -41,7 +41,7 @@ def test_model_card_records_provenance_and_checks(exported: Path) -> None:
     assert "base_model:" in card and "distillation" in card
     assert "## Data provenance" in card and "| train | 12 | 8 | 4 | empty (4) |" in card
     assert "learning_rate" in card and "0.001" in card and "steps 6" in card
-    assert "## Evaluation" in card and "75.0%" in card  # the teacher's accuracy from results.json
+    assert "## Evaluation" in card and "75.0 %" in card  # the teacher's accuracy from results.json
     assert "| onnx-int8 |" in card and "passed" in card
     assert "teacher" in spec
 

@@ -54,9 +54,10 @@ def test_answers_are_cached_and_never_asked_twice(fake_openai: Any, tmp_path: Pa
     assert ledger["calls"] == 32 and ledger["prompt_tokens"] > 0 and ledger["completion_tokens"] == 64
     expected = (ledger["prompt_tokens"] * 1.0 + ledger["completion_tokens"] * 2.0) / 1e6
     assert counts["cost_usd"] == pytest.approx(expected, rel=1e-4)
-    from potstill.report.build import teacher_lines
+    from potstill.report.tables import ledger_rows
 
-    assert f"cost ${counts['cost_usd']:.4f}" in "".join(teacher_lines(counts))
+    _, rows = ledger_rows(counts["ledger"])  # the report's generation ledger shows the same cost
+    assert ["cost (USD)", f"{counts['cost_usd']:.4f}"] in rows
     # forced re-run: every answer comes from the cache, the server sees nothing new
     rd = generate(d, tmp_path / "run", force=True)
     assert len(srv.log) == 32 and rd.stage("generate")["counts"]["train"]["from_cache"] == 24

@@ -1,10 +1,13 @@
-"""The offline demo: a small teacher trained here on arithmetic, distilled into a much smaller student.
+"""The offline demo: a small teacher trained here on arithmetic word problems, distilled into a smaller student.
 
     potstill demo [--quick]          ≡  potstill.demo.run_demo(Path("runs/demo"), quick=False)
 
 Steps: make the data (labelled rows for the teacher; unlabelled training prompts and labelled validation/test
-rows for the job), train the teacher for a minute or two, save a random-init student, write job.yaml, run the
-ordinary pipeline on it. The teacher is kept in <run_dir>/assets and reused by the next run.
+rows for the job), train the teacher for a minute or two, save a random-init student that shares its tokenizer,
+write job.yaml, and run the ordinary pipeline on it. The teacher is kept in <run_dir>/assets and reused by the
+next run. Every answer is worked column by column ("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85"): with
+that scratchpad a 1M-parameter model learns carrying in a few hundred steps, where the bare "47 + 38 = 85"
+stays below 5 % after the same training (measured while building this demo).
 """
 
 from __future__ import annotations
@@ -15,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from .task import problems
+from .train_teacher import SYSTEM, chat
 
-SIZES = {  # labelled rows for the teacher, unlabelled train prompts, validation rows, test rows, teacher steps
-    False: {"teacher_rows": 6000, "train": 1500, "validation": 100, "test": 300, "teacher_steps": 1500},
-    True: {"teacher_rows": 3000, "train": 400, "validation": 50, "test": 100, "teacher_steps": 800},
+# labelled rows the teacher learns from = teacher_steps × 32; unlabelled training prompts the teacher answers;
+# labelled validation and test rows; the distillation's epochs over the kept teacher answers
+SIZES = {
+    False: {"train": 3000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 5},
+    True: {"train": 1000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 6},
 }
+TEACHER = {"hidden": 128, "layers": 4, "heads": 4}
+STUDENT = {"hidden": 64, "layers": 2, "heads": 4}
+MAX_TOKENS = 40  # a worked answer is about 30 tokens
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -27,61 +36,53 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-SYSTEM = "Solve the arithmetic problem."
-
-
-def _chat(row: dict[str, str]) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": row["prompt"]},
-        {"role": "assistant", "content": row["answer"]},
-    ]
-
-
 def build_assets(assets: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Write the job's data and, unless already there, train the teacher and save the untrained student."""
     from ..train.data import encode_chat
     from ..train.trainer import FitConfig, fit
     from .tiny import build_tokenizer, save_model, tiny_llama
 
     size = SIZES[quick]
-    test = problems(size["test"], seed=3)
-    val = problems(size["validation"], seed=2, exclude={r["prompt"] for r in test})
-    held = {r["prompt"] for r in test + val}
-    unlabelled = problems(size["train"], seed=1, exclude=held)
-    labelled = problems(size["teacher_rows"], seed=4, exclude=held)
+    test = problems(size["test"], seed=3, steps=1)
+    val = problems(size["validation"], seed=2, exclude={str(r["prompt"]) for r in test}, steps=1)
+    held = {str(r["prompt"]) for r in test + val}
+    unlabelled = problems(size["train"], seed=1, exclude=held, steps=1)
     _write_jsonl(assets / "train.jsonl", [{"prompt": r["prompt"]} for r in unlabelled])
-    _write_jsonl(assets / "validation.jsonl", val)
-    _write_jsonl(assets / "test.jsonl", test)
+    _write_jsonl(assets / "validation.jsonl", [{"prompt": r["prompt"], "answer": r["answer"]} for r in val])
+    _write_jsonl(assets / "test.jsonl", [{"prompt": r["prompt"], "answer": r["answer"]} for r in test])
     teacher_dir, student_dir = assets / "teacher", assets / "student"
-    if not (teacher_dir / "config.json").exists():
-        tok = build_tokenizer([r["prompt"] + " " + r["answer"] for r in labelled[:2000]], vocab_size=300)
-        teacher = tiny_llama(tok, hidden=128, layers=4, heads=4, seed=0)
-        rows = [encode_chat(tok, _chat(r), 64) for r in labelled]
-        vrows = [encode_chat(tok, _chat(r), 64) for r in val]
-        n = sum(p.numel() for p in teacher.parameters())
-        log(f"demo: training the teacher ({n / 1e6:.2f}M parameters, {size['teacher_steps']} steps)")
-        cfg = FitConfig(
-            learning_rate=3e-3,
-            batch_size=32,
-            num_epochs=100,
-            max_steps=size["teacher_steps"],
-            warmup_ratio=0.05,
-            weight_decay=0.01,
-            save_every=10**9,
-            seed=0,
-        )
-        res = fit(teacher, rows, vrows, cfg, tok.pad_token_id)
-        log(f"demo: teacher trained, validation loss {res['val_loss']:.3f}")
-        save_model(teacher, tok, teacher_dir)
-        save_model(tiny_llama(tok, hidden=48, layers=2, heads=4, seed=1), tok, student_dir)
+    if (teacher_dir / "config.json").exists() and (student_dir / "config.json").exists():
+        return size
+    labelled = problems(size["teacher_steps"] * 32, seed=4, exclude=held, steps=1)
+    tok = build_tokenizer([f"{SYSTEM} {r['prompt']} {r['answer']}" for r in labelled[:3000]], vocab_size=1024)
+    teacher = tiny_llama(tok, **TEACHER, seed=0)
+    rows = [encode_chat(tok, chat(r), 96) for r in labelled]
+    vrows = [encode_chat(tok, chat(r), 96) for r in val]
+    n = sum(p.numel() for p in teacher.parameters())
+    log(f"demo: training the teacher ({n / 1e6:.2f}M parameters, {size['teacher_steps']} steps of 32 problems)")
+    cfg = FitConfig(
+        learning_rate=3e-3,
+        batch_size=32,
+        num_epochs=1,
+        max_steps=size["teacher_steps"],
+        warmup_ratio=0.05,
+        weight_decay=0.1,
+        save_every=10**9,
+        seed=0,
+    )
+    res = fit(teacher, rows, vrows, cfg, tok.pad_token_id)
+    log(f"demo: teacher trained, validation loss {res['val_loss']:.3f}")
+    save_model(teacher, tok, teacher_dir)
+    save_model(tiny_llama(tok, **STUDENT, seed=1), tok, student_dir)
     return size
 
 
 def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
+    size = SIZES[quick]
     return {
         "name": "demo-quick" if quick else "demo",
         "task_type": "math",
-        "teacher": {"kind": "hf", "model": str(assets / "teacher"), "batch_size": 64},
+        "teacher": {"kind": "hf", "model": str(assets / "teacher"), "batch_size": 128},
         "student": {"model": str(assets / "student")},
         "prompts": {"system": SYSTEM},
         "data": {
@@ -89,18 +90,24 @@ def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
             "validation": str(assets / "validation.jsonl"),
             "test": str(assets / "test.jsonl"),
         },
-        "generation": {"temperature": 0.0, "max_tokens": 24},
-        "filters": ["nonempty", "parse", {"max_tokens": 24}],
+        "generation": {"temperature": 0.0, "max_tokens": MAX_TOKENS},
+        "filters": ["nonempty", "parse", {"max_tokens": MAX_TOKENS}],
         "hyperparameters": {
             "learning_rate": 3e-3,
             "batch_size": 32,
-            "num_epochs": 8 if quick else 6,
+            "num_epochs": size["epochs"],
             "temperature": 0.7,
-            "max_seq_len": 64,
+            "max_seq_len": 96,
             "warmup_ratio": 0.05,
-            "save_every": 100,
+            "weight_decay": 0.1,
+            "save_every": 200,
         },
-        "evaluation": {"max_new_tokens": 24, "latency_samples": 16, "batch_size": 64},
+        "evaluation": {
+            "max_new_tokens": MAX_TOKENS,
+            "latency_samples": 16,
+            "batch_size": 128,
+            "bootstrap_samples": 200,
+        },
     }
 
 

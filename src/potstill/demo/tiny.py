@@ -4,7 +4,8 @@
     model = tiny_llama(tok, hidden=64, layers=2)          # random-init LlamaForCausalLM
     save_model(model, tok, "models/student")              # a folder from_pretrained() loads
 
-Digits are always single tokens: merged digit tokens make arithmetic much harder for a small model.
+Digits are always single tokens (' 7' and '7' are two of them): merged digit tokens make arithmetic much harder
+for a small model.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ SPECIAL = ["<pad>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(  # every digit alone, with the space before it if any
+        [pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(

@@ -1,6 +1,6 @@
 """Train the demo's teacher from scratch on labelled word problems, reproducibly from a seed.
 
-    python -m potstill.demo.train_teacher --out src/potstill/demo/teacher     # the shipped checkpoint's recipe
+    python -m potstill.demo.train_teacher --out src/potstill/demo/teacher   # the shipped recipe (defaults)
 
 Writes a Hugging Face folder (safetensors + tokenizer) and teacher_card.json with the recipe and the accuracy
 measured on a fixed sample of held-out problems (seed 999). The same function trains the demo's students'
@@ -34,7 +34,7 @@ def accuracy(model_dir: Path | str, rows: list[dict[str, Any]], batch_size: int 
     from ..teachers.hf import LocalModel
 
     lm = LocalModel.load(model_dir, device="cpu")
-    outs = lm.generate([chat(r, False) for r in rows], max_new_tokens=48, batch_size=batch_size)
+    outs = lm.generate([chat(r, False) for r in rows], max_new_tokens=128, batch_size=batch_size)
     ok = 0
     for r, o in zip(rows, outs, strict=True):
         got = parse_math(o.text)
@@ -44,14 +44,16 @@ def accuracy(model_dir: Path | str, rows: list[dict[str, Any]], batch_size: int 
 
 def train_teacher(
     out: Path,
-    hidden: int = 256,
-    layers: int = 8,
-    heads: int = 8,
-    rows: int = 200_000,
-    steps: int = 6000,
-    batch_size: int = 64,
-    lr: float = 1.5e-3,
+    hidden: int = 96,
+    layers: int = 20,
+    heads: int = 4,
+    rows: int = 96_000,
+    steps: int = 3000,
+    batch_size: int = 32,
+    lr: float = 2e-3,
     seed: int = 0,
+    precision: str = "bf16",
+    checkpoints: Path | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     import torch
@@ -67,8 +69,8 @@ def train_teacher(
     model = tiny_llama(tok, hidden=hidden, layers=layers, heads=heads, max_positions=256, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"teacher: {n_params / 1e6:.2f}M parameters, {len(data)} labelled rows, {steps} steps")
-    enc = [encode_chat(tok, chat(r), 128) for r in data]
-    val = [encode_chat(tok, chat(r), 128) for r in problems(256, seed=seed + 20, exclude=held)]
+    enc = [encode_chat(tok, chat(r), 192) for r in data]
+    val = [encode_chat(tok, chat(r), 192) for r in problems(256, seed=seed + 20, exclude=held)]
     cfg = FitConfig(
         learning_rate=lr,
         batch_size=batch_size,
@@ -77,8 +79,9 @@ def train_teacher(
         warmup_ratio=0.03,
         weight_decay=0.1,
         eval_every=max(1, steps // 10),
-        save_every=10**9,
+        save_every=200 if checkpoints else 10**9,
         seed=seed,
+        mixed_precision=precision,
     )
     t0 = time.time()
     res = fit(
@@ -87,6 +90,7 @@ def train_teacher(
         val,
         cfg,
         tok.pad_token_id,
+        ckpt_dir=checkpoints,
         log=lambda ev, **kw: (
             log(f"step {kw['step']} loss {kw['loss']} val {kw.get('val_loss', '')}")
             if ev == "step" and (kw["step"] % 200 == 0 or "val_loss" in kw)
@@ -107,6 +111,7 @@ def train_teacher(
         "batch_size": batch_size,
         "learning_rate": lr,
         "seed": seed,
+        "precision": precision,
         "train_seconds": round(time.time() - t0, 1),
         "val_loss": res["val_loss"],
         "sample_seed": SAMPLE_SEED,
@@ -122,16 +127,20 @@ def train_teacher(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--steps", type=int, default=6000)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--hidden", type=int, default=96)
+    ap.add_argument("--layers", type=int, default=20)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--rows", type=int, default=96_000)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--precision", default="bf16", help="no | bf16 (autocast; faster on CPUs with bf16 units)")
+    ap.add_argument("--checkpoints", type=Path, default=None, help="resumable checkpoints every 200 steps here")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    train_teacher(a.out, a.hidden, a.layers, a.heads, a.rows, a.steps, a.batch_size, a.lr, a.seed)
+    train_teacher(
+        a.out, a.hidden, a.layers, a.heads, a.rows, a.steps, a.batch_size, a.lr, a.seed, a.precision, a.checkpoints
+    )
 
 
 if __name__ == "__main__":
