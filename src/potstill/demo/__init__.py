@@ -7,7 +7,9 @@ rows for the job), train the teacher for a minute or two, save a random-init stu
 write job.yaml, and run the ordinary pipeline on it. The teacher is kept in <run_dir>/assets and reused by the
 next run. Every answer is worked column by column ("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8. Answer: 85"): with
 that scratchpad a 1M-parameter model learns carrying in a few hundred steps, where the bare "47 + 38 = 85"
-stays below 5 % after the same training (measured while building this demo).
+stays below 5 % after the same training (measured while building this demo). The student learns from many
+short steps over thousands of teacher answers: 4,000 answers × 20 epochs (2,500 steps of 32) took a 157K-parameter
+student to 94.0 % against its 1.1M-parameter teacher's 94.7 %, where 1,000 answers × 12 epochs gave 4 %.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from .train_teacher import SYSTEM, chat
 # labelled rows the teacher learns from = teacher_steps × 32; unlabelled training prompts the teacher answers;
 # labelled validation and test rows; the distillation's epochs over the kept teacher answers
 SIZES = {
-    False: {"train": 3000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 5},
-    True: {"train": 1000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 6},
+    False: {"train": 6000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 15},
+    True: {"train": 4000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 20},
 }
 TEACHER = {"hidden": 128, "layers": 4, "heads": 4}
 STUDENT = {"hidden": 64, "layers": 2, "heads": 4}
