@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .task import problems
-from .train_teacher import SYSTEM, chat
+from .task import SYSTEM, chat, problems
 
 # labelled rows the teacher learns from = teacher_steps × 32; unlabelled training prompts the teacher answers;
 # labelled validation and test rows; the distillation's epochs over the kept teacher answers

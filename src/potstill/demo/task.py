@@ -19,6 +19,17 @@ PRONOUN = {n: ("She" if n in {"Mia", "Ana", "Sara", "Zoe", "Lena", "Ivy"} else "
 
 Problem = dict[str, object]
 
+SYSTEM = "Solve step by step. End with 'Answer: N'."
+SAMPLE_SEED = 999  # the fixed held-out sample a teacher's accuracy is measured on
+
+
+def chat(row: Problem, with_answer: bool = True) -> list[dict[str, str]]:
+    """The chat a model is trained on (with_answer) or asked (without): system, question, worked answer."""
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": str(row["prompt"])}]
+    if with_answer:
+        msgs.append({"role": "assistant", "content": str(row["answer"])})
+    return msgs
+
 
 def _gain_loss(rng: random.Random) -> Problem:
     n, it = rng.choice(NAMES), rng.choice(ITEMS)

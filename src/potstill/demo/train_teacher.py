@@ -15,17 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .task import problems
-
-SYSTEM = "Solve step by step. End with 'Answer: N'."
-SAMPLE_SEED = 999
-
-
-def chat(row: dict[str, Any], with_answer: bool = True) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": str(row["prompt"])}]
-    if with_answer:
-        msgs.append({"role": "assistant", "content": str(row["answer"])})
-    return msgs
+from .task import SAMPLE_SEED, SYSTEM, chat, problems
 
 
 def accuracy(model_dir: Path | str, rows: list[dict[str, Any]], batch_size: int = 128) -> float:
