@@ -75,6 +75,9 @@ def tiny_llama(
 
 
 def save_model(model: Any, tok: Any, path: str | Path) -> Path:
+    from ..teachers.hf import quiet_transformers
+
+    quiet_transformers()
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
