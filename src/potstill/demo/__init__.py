@@ -24,8 +24,8 @@ from .task import SYSTEM, chat, problems
 # labelled rows the teacher learns from = teacher_steps × 32; unlabelled training prompts the teacher answers;
 # labelled validation and test rows; the distillation's epochs over the kept teacher answers
 SIZES = {
-    False: {"train": 6000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 12},
-    True: {"train": 4000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 15},
+    False: {"train": 6000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 15},
+    True: {"train": 4000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 20},
 }
 TEACHER = {"hidden": 128, "layers": 4, "heads": 4}
 STUDENT = {"hidden": 64, "layers": 2, "heads": 4}
