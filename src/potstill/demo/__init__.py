@@ -24,8 +24,8 @@ from .task import SYSTEM, chat, problems
 # labelled rows the teacher learns from = teacher_steps × 32; unlabelled training prompts the teacher answers;
 # labelled validation and test rows; the distillation's epochs over the kept teacher answers
 SIZES = {
-    False: {"train": 6000, "validation": 200, "test": 500, "teacher_steps": 1000, "epochs": 15},
-    True: {"train": 4000, "validation": 100, "test": 300, "teacher_steps": 700, "epochs": 20},
+    False: {"train": 6000, "validation": 500, "test": 1000, "teacher_steps": 1000, "epochs": 15},
+    True: {"train": 4000, "validation": 200, "test": 300, "teacher_steps": 700, "epochs": 20},
 }
 TEACHER = {"hidden": 128, "layers": 4, "heads": 4}
 STUDENT = {"hidden": 64, "layers": 2, "heads": 4}
@@ -38,11 +38,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def build_assets(assets: Path, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Write the job's data and, unless already there, train the teacher and save the untrained student."""
-    from ..train.data import encode_chat
-    from ..train.trainer import FitConfig, fit
-    from .tiny import build_tokenizer, save_model, tiny_llama
-
+    """Write the job's data; unless already there, train the teacher, save the untrained student and train the
+    gold-only student."""
     size = SIZES[quick]
     test = problems(size["test"], seed=3, steps=1)
     val = problems(size["validation"], seed=2, exclude={str(r["prompt"]) for r in test}, steps=1)
@@ -52,8 +49,56 @@ def build_assets(assets: Path, quick: bool, log: Callable[[str], None]) -> dict[
     _write_jsonl(assets / "validation.jsonl", [{"prompt": r["prompt"], "answer": r["answer"]} for r in val])
     _write_jsonl(assets / "test.jsonl", [{"prompt": r["prompt"], "answer": r["answer"]} for r in test])
     teacher_dir, student_dir = assets / "teacher", assets / "student"
-    if (teacher_dir / "config.json").exists() and (student_dir / "config.json").exists():
-        return size
+    if not (teacher_dir / "config.json").exists() or not (student_dir / "config.json").exists():
+        _train_teacher(teacher_dir, student_dir, held, val, size, log)
+    if not (assets / "gold-only" / "config.json").exists():
+        _train_gold_only(student_dir, assets / "gold-only", val, size, log)
+    return size
+
+
+def _student_chat(row: dict[str, Any]) -> list[dict[str, str]]:
+    """What the student sees: the question alone (as in the job's rows), then the worked answer."""
+    return [{"role": "user", "content": str(row["prompt"])}, {"role": "assistant", "content": str(row["answer"])}]
+
+
+def _train_gold_only(student_dir: Path, out: Path, labelled: list[Any], size: dict[str, Any], log: Any) -> None:
+    """The baseline a user has without a teacher: the same student, trained on the labelled rows only, for the
+    same number of steps of the same batch size as the distilled student (the same compute budget)."""
+    import math
+
+    import torch
+
+    from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device
+    from ..train.data import encode_chat
+    from ..train.trainer import FitConfig, fit
+    from .tiny import save_model
+
+    tok = load_tokenizer(str(student_dir))
+    model = load_causal_lm(str(student_dir), pick_device("cpu"), torch.float32)
+    steps = math.ceil(size["train"] / 32) * size["epochs"]
+    log(f"demo: training the gold-only student on {len(labelled)} labelled problems ({steps} steps of 32)")
+    rows = [encode_chat(tok, _student_chat(r), 96) for r in labelled]
+    cfg = FitConfig(
+        learning_rate=3e-3,
+        batch_size=32,
+        num_epochs=10**6,
+        max_steps=steps,
+        warmup_ratio=0.05,
+        weight_decay=0.1,
+        save_every=10**9,
+        seed=42,
+    )
+    fit(model, rows, [], cfg, tok.pad_token_id)
+    save_model(model, tok, out)
+
+
+def _train_teacher(
+    teacher_dir: Path, student_dir: Path, held: set[str], val: list[Any], size: dict[str, Any], log: Any
+) -> None:
+    from ..train.data import encode_chat
+    from ..train.trainer import FitConfig, fit
+    from .tiny import build_tokenizer, save_model, tiny_llama
+
     labelled = problems(size["teacher_steps"] * 32, seed=4, exclude=held, steps=1)
     tok = build_tokenizer([f"{SYSTEM} {r['prompt']} {r['answer']}" for r in labelled[:3000]], vocab_size=1024)
     teacher = tiny_llama(tok, **TEACHER, seed=0)
@@ -75,7 +120,6 @@ def build_assets(assets: Path, quick: bool, log: Callable[[str], None]) -> dict[
     log(f"demo: teacher trained, validation loss {res['val_loss']:.3f}")
     save_model(teacher, tok, teacher_dir)
     save_model(tiny_llama(tok, **STUDENT, seed=1), tok, student_dir)
-    return size
 
 
 def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
@@ -104,6 +148,7 @@ def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
             "save_every": 200,
         },
         "evaluation": {
+            "models": [{"name": "gold-only", "model": str(assets / "gold-only")}],
             "max_new_tokens": MAX_TOKENS,
             "latency_samples": 16,
             "batch_size": 128,

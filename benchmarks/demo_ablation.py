@@ -1,0 +1,107 @@
+"""Ablations on the demo's task, each a measured distillation run (writes docs/ablation.md).
+
+    PYTHONPATH=src python benchmarks/demo_ablation.py [--out runs/ablation] [--doc docs/ablation.md]
+
+Every variant starts from the same teacher, the same untrained student, the same questions and the same number
+of student steps as `potstill demo --quick`; only the named setting changes:
+
+    base                  filters [nonempty, parse, max_tokens], worked answers kept (cot: keep), greedy teacher
+    unfiltered            no filters: every teacher output is learned, cut-off and unparseable ones too
+    cot drop              the student learns only "Answer: N", not the column-by-column working
+    logit KD              + forward-KL against the local teacher's logits (alpha 0.5, T = 1)
+    4 samples + vote      the teacher samples 4 answers (T = 0.7); self_consistency keeps one majority answer
+
+The table reports the distilled student's accuracy on the quick demo's 300 test problems with its 95 % interval,
+the rows it learned from, and the wall-clock time of the run. Not a test: it prints what it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from potstill.config import validate_spec
+from potstill.demo import build_assets, demo_spec
+from potstill.pipeline import run_pipeline
+
+VARIANTS: list[tuple[str, dict[str, Any]]] = [
+    ("base", {}),
+    ("unfiltered", {"filters": []}),
+    ("cot drop", {"generation": {"cot": "drop"}}),
+    (
+        "logit KD",
+        {"hyperparameters": {"kd": {"loss": "forward_kl", "source": "teacher", "alpha": 0.5, "temperature": 1.0}}},
+    ),
+    (
+        "4 samples + vote",
+        {
+            "generation": {"samples": 4, "temperature": 0.7},
+            "filters": ["nonempty", "parse", {"max_tokens": 40}, "self_consistency"],
+        },
+    ),
+]
+
+
+def merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in change.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    ap.add_argument("--doc", type=Path, default=Path("docs/ablation.md"))
+    a = ap.parse_args()
+    assets = (a.out / "assets").resolve()
+    build_assets(assets, quick=True, log=print)
+    base = demo_spec(assets, quick=True)
+    base["evaluation"].update({"baseline": False, "models": [], "latency_samples": 2})
+    rows = []
+    teacher_acc = None
+    for name, change in VARIANTS:
+        spec_d = merged(base, change)
+        spec_d["name"] = "ablation-" + name.replace(" ", "-").replace("+", "")
+        spec_d["evaluation"]["teacher"] = name == "base"
+        t0 = time.time()
+        rd = run_pipeline(validate_spec(spec_d, source=name), a.out / spec_d["name"], log=print)
+        res = json.loads((rd.eval / "results.json").read_text())
+        by = {m["name"]: m for m in res["models"]}
+        if "teacher" in by:
+            teacher_acc = by["teacher"]["accuracy"]
+        d = by["distilled"]
+        ci = d.get("intervals", {}).get("accuracy", {})
+        kept = json.loads((rd.data / "filter_report.json").read_text())["splits"]["train"]
+        rows.append(
+            [
+                name,
+                f"{d['accuracy']:.1%}",
+                f"{ci.get('lo', float('nan')):.1%}–{ci.get('hi', float('nan')):.1%}",
+                f"{kept['kept']} / {kept['rows_in']}",
+                f"{time.time() - t0:.0f}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    lines = [
+        "# Ablations on the demo's task",
+        "",
+        f"Produced by `benchmarks/demo_ablation.py` (the quick demo's teacher, {teacher_acc:.1%} accurate on the",
+        "same test problems; the same untrained 158K-parameter student and student steps in every row).",
+        "",
+        "| variant | distilled accuracy | 95 % CI | teacher outputs learned / generated | seconds |",
+        "|---|---|---|---|---|",
+        *["| " + " | ".join(r) + " |" for r in rows],
+        "",
+    ]
+    a.doc.parent.mkdir(parents=True, exist_ok=True)
+    a.doc.write_text("\n".join(lines))
+    print(f"written: {a.doc}")
+
+
+if __name__ == "__main__":
+    main()
