@@ -74,8 +74,11 @@ def run_bare(model, rows, steps: int, pad_id: int, bs: int, precision: str = "no
     return (time.perf_counter() - t0) / steps
 
 
-def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool = False) -> float:
-    """Seconds per optimiser step of SFTTrainer (its own train_runtime: the loop, not the setup)."""
+def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool | None = False) -> float:
+    """Seconds per optimiser step of SFTTrainer (its own train_runtime: the loop, not the setup).
+
+    ``bf16=None`` keeps TRL's own defaults (bf16 autocast and gradient checkpointing on).
+    """
     import tempfile
 
     from datasets import Dataset
@@ -96,8 +99,8 @@ def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool = False) -> float
             completion_only_loss=True,
             max_length=1024,
             disable_tqdm=True,
-            bf16=bf16,  # TRL's default is bf16 + gradient checkpointing: compared like for like here
-            gradient_checkpointing=False,
+            # TRL's default is bf16 + gradient checkpointing: compared like for like unless bf16 is None
+            **({} if bf16 is None else {"bf16": bf16, "gradient_checkpointing": False}),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
         res = trainer.train()
@@ -179,6 +182,10 @@ def main() -> None:
     tok = build_tokenizer(texts, vocab_size=400)
     print("1. potstill fit() vs TRL SFTTrainer (same model, data, batch; one thread)")
     compare_trl(tok, {"hidden": 96, "layers": 2, "heads": 4}, steps, 32)
+    pairs = questions(32 * 8)
+    run_trl(tiny_llama(tok, seed=0, hidden=96, layers=2, heads=4), tok, pairs, 3, 32, None)  # warm-up
+    d_step = run_trl(tiny_llama(tok, seed=0, hidden=96, layers=2, heads=4), tok, pairs, steps, 32, None)
+    print(f"  the same, SFTTrainer with its defaults (bf16 autocast, gradient checkpointing): {1 / d_step:.1f} steps/s")
     compare_trl(tok, {"hidden": 256, "layers": 4, "heads": 4}, max(5, steps // 3), 32)
     compare_trl(tok, {"hidden": 256, "layers": 4, "heads": 4}, max(5, steps // 3), 32, "bf16")
     print("2. packing on mixed-length rows")
