@@ -190,6 +190,7 @@ def main() -> None:
     compare_trl(tok, {"hidden": 256, "layers": 4, "heads": 4}, max(5, steps // 3), 32, "bf16")
     print("2. packing on mixed-length rows")
     compare_packing(tok, steps, 32, 512)
+    compare_packing(tok, steps, 32, 256)  # narrower packed rows: less attention per token
     print("3. logit distillation overhead")
     compare_kd(tok, steps, 32)
 
