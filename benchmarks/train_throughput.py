@@ -4,8 +4,9 @@
     PYTHONPATH=src python benchmarks/train_throughput.py --quick    # fewer steps
 
 Everything runs in one process on the same tiny model and data, one thread, and prints measured numbers:
-1. potstill fit() vs SFTTrainer (completion-only loss), batch 32, ~68-token rows, at two model sizes: steps/s,
-   tokens/s and the ratio;
+1. potstill fit() vs SFTTrainer (completion-only loss), batch 32, ~50-token rows, at two model sizes: steps/s,
+   tokens/s and the ratio; and a bare PyTorch loop (pre-built batches, forward, backward, clip, AdamW) as the
+   floor no trainer can beat without doing less arithmetic: potstill / bare near 1.0 means no per-step overhead;
 2. packing on mixed-length rows (10..200 tokens): target tokens/s with and without packing;
 3. step time of top-k logprob KD (k = 20) and dense KD (a local teacher) relative to plain SFT.
 """
@@ -21,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from potstill.demo.tiny import build_tokenizer, tiny_llama
-from potstill.train.data import encode_chat
+from potstill.train.data import collate, encode_chat
 from potstill.train.kd import Distiller
 from potstill.train.packing import pack
 from potstill.train.trainer import FitConfig, fit
@@ -54,8 +55,30 @@ def run_potstill(model, rows, steps: int, pad_id: int, bs: int, distiller=None, 
     return (time.perf_counter() - t0) / steps
 
 
-def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool = False) -> float:
-    """Seconds per optimiser step of SFTTrainer (its own train_runtime: the loop, not the setup)."""
+def run_bare(model, rows, steps: int, pad_id: int, bs: int, precision: str = "no") -> float:
+    """Seconds per step of the plainest loop: batches collated up front, HF's own loss, clip, AdamW."""
+    batches = [collate(rows[i : i + bs], pad_id) for i in range(0, len(rows) - bs + 1, bs)]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    t0 = 0.0
+    for s in range(steps + 3):  # 3 warm-up steps
+        if s == 3:
+            t0 = time.perf_counter()
+        b = batches[s % len(batches)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (time.perf_counter() - t0) / steps
+
+
+def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool | None = False) -> float:
+    """Seconds per optimiser step of SFTTrainer (its own train_runtime: the loop, not the setup).
+
+    ``bf16=None`` keeps TRL's own defaults (bf16 autocast and gradient checkpointing on).
+    """
     import tempfile
 
     from datasets import Dataset
@@ -76,8 +99,8 @@ def run_trl(model, tok, pairs, steps: int, bs: int, bf16: bool = False) -> float
             completion_only_loss=True,
             max_length=1024,
             disable_tqdm=True,
-            bf16=bf16,  # TRL's default is bf16 + gradient checkpointing: compared like for like here
-            gradient_checkpointing=False,
+            # TRL's default is bf16 + gradient checkpointing: compared like for like unless bf16 is None
+            **({} if bf16 is None else {"bf16": bf16, "gradient_checkpointing": False}),
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
         res = trainer.train()
@@ -91,6 +114,7 @@ def compare_trl(tok, size: dict, steps: int, bs: int, precision: str = "no") -> 
     m = tiny_llama(tok, seed=0, **size)
     n_params = sum(p.numel() for p in m.parameters())
     p_step = run_potstill(m, rows, steps, tok.pad_token_id, bs, precision=precision)
+    b_step = run_bare(tiny_llama(tok, seed=0, **size), rows, steps, tok.pad_token_id, bs, precision)
     bf16 = precision == "bf16"
     run_trl(tiny_llama(tok, seed=0, **size), tok, pairs, 3, bs, bf16)  # warm-up
     t_step = run_trl(tiny_llama(tok, seed=0, **size), tok, pairs, steps, bs, bf16)
@@ -99,7 +123,7 @@ def compare_trl(tok, size: dict, steps: int, bs: int, precision: str = "no") -> 
         f"  {n_params / 1e6:.2f}M params, {precision if bf16 else 'fp32'}, batch {bs}, {mean_len:.0f}-token rows: "
         f"potstill {1 / p_step:.1f} steps/s "
         f"({p_tps:,.0f} tok/s) | TRL SFTTrainer {1 / t_step:.1f} steps/s ({t_tps:,.0f} tok/s) | "
-        f"ratio {t_step / p_step:.2f}x"
+        f"ratio {t_step / p_step:.2f}x | bare loop {1 / b_step:.1f} steps/s (potstill / bare {b_step / p_step:.2f}x)"
     )
 
 
@@ -158,10 +182,15 @@ def main() -> None:
     tok = build_tokenizer(texts, vocab_size=400)
     print("1. potstill fit() vs TRL SFTTrainer (same model, data, batch; one thread)")
     compare_trl(tok, {"hidden": 96, "layers": 2, "heads": 4}, steps, 32)
+    pairs = questions(32 * 8)
+    run_trl(tiny_llama(tok, seed=0, hidden=96, layers=2, heads=4), tok, pairs, 3, 32, None)  # warm-up
+    d_step = run_trl(tiny_llama(tok, seed=0, hidden=96, layers=2, heads=4), tok, pairs, steps, 32, None)
+    print(f"  the same, SFTTrainer with its defaults (bf16 autocast, gradient checkpointing): {1 / d_step:.1f} steps/s")
     compare_trl(tok, {"hidden": 256, "layers": 4, "heads": 4}, max(5, steps // 3), 32)
     compare_trl(tok, {"hidden": 256, "layers": 4, "heads": 4}, max(5, steps // 3), 32, "bf16")
     print("2. packing on mixed-length rows")
     compare_packing(tok, steps, 32, 512)
+    compare_packing(tok, steps, 32, 256)  # narrower packed rows: less attention per token
     print("3. logit distillation overhead")
     compare_kd(tok, steps, 32)
 

@@ -85,6 +85,78 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], max_len: int) ->
     return EncodedRow(ids[:max_len], labels[:max_len], truncated)
 
 
+@dataclass
+class RowTensors:
+    """One row as tensors, built once and reused for every batch the row is in (see Collator)."""
+
+    ids: torch.Tensor  # [n] long
+    labels: torch.Tensor  # [n] long
+    position_ids: torch.Tensor | None  # [n] long, packed rows only
+    top_ids: torch.Tensor | None  # [m, k] long: candidates for positions top_start .. top_start + m - 1
+    top_lp: torch.Tensor | None  # [m, k] float, -inf in unused slots
+    top_start: int
+
+
+def row_tensors(r: EncodedRow) -> RowTensors:
+    top_ids = top_lp = None
+    if r.top_ids:
+        lps = r.top_lps or []
+        if len(lps) != len(r.top_ids):
+            raise ValueError(f"top_ids has {len(r.top_ids)} positions but top_lps has {len(lps)}")
+        k = max(len(c) for c in r.top_ids)
+        if all(len(c) == k for c in r.top_ids) and all(len(v) == k for v in lps):
+            top_ids = torch.tensor(r.top_ids, dtype=torch.long).reshape(len(r.top_ids), k)
+            top_lp = torch.tensor(lps, dtype=torch.float).reshape(len(r.top_ids), k)
+        else:  # ragged candidate lists (dropped candidates, packing gaps): pad each position
+            top_ids = torch.zeros((len(r.top_ids), k), dtype=torch.long)
+            top_lp = torch.full((len(r.top_ids), k), float("-inf"))
+            for j, (cand, v) in enumerate(zip(r.top_ids, lps, strict=True)):
+                top_ids[j, : len(cand)] = torch.tensor(cand, dtype=torch.long)
+                top_lp[j, : len(v)] = torch.tensor(v, dtype=torch.float)
+    return RowTensors(
+        torch.tensor(r.input_ids, dtype=torch.long),
+        torch.tensor(r.labels, dtype=torch.long),
+        torch.tensor(r.position_ids, dtype=torch.long) if r.position_ids is not None else None,
+        top_ids,
+        top_lp,
+        r.top_start,
+    )
+
+
+def collate_tensors(rows: list[RowTensors], pad_id: int) -> dict[str, torch.Tensor]:
+    """``collate`` on rows already turned into tensors (a handful of tensor operations per batch)."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    lens = torch.tensor([len(r.ids) for r in rows])
+    width = int(lens.max())
+    col = torch.arange(width)
+    real = col < lens[:, None]
+    ids = pad([r.ids for r in rows], batch_first=True, padding_value=pad_id)
+    labels = pad([r.labels for r in rows], batch_first=True, padding_value=IGNORE)
+    mask = real.long()
+    out = {"input_ids": ids, "labels": labels, "real": mask}
+    if any(r.position_ids is not None for r in rows):
+        pos = pad(
+            [r.position_ids if r.position_ids is not None else torch.arange(len(r.ids)) for r in rows],
+            batch_first=True,
+        )
+        out["position_ids"] = torch.where(real, pos, col - lens[:, None])  # padding is its own segment
+    else:
+        out["attention_mask"] = mask
+    tops = [r for r in rows if r.top_ids is not None]
+    if tops:
+        k = max(r.top_ids.size(1) for r in tops if r.top_ids is not None)
+        top_ids = torch.zeros((len(rows), width, k), dtype=torch.long)
+        top_lp = torch.full((len(rows), width, k), float("-inf"))
+        for i, r in enumerate(rows):
+            if r.top_ids is None or r.top_lp is None:
+                continue
+            n = max(0, min(r.top_ids.size(0), width - r.top_start))
+            top_ids[i, r.top_start : r.top_start + n, : r.top_ids.size(1)] = r.top_ids[:n]
+            top_lp[i, r.top_start : r.top_start + n, : r.top_lp.size(1)] = r.top_lp[:n]
+        out["top_ids"], out["top_lp"] = top_ids, top_lp
+    return out
+
+
 def collate(rows: list[EncodedRow], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded tensors; ``real`` marks non-padding.
 
@@ -92,35 +164,26 @@ def collate(rows: list[EncodedRow], pad_id: int) -> dict[str, torch.Tensor]:
     each packed example); rows with teacher logprobs add ``top_ids``/``top_lp`` [B, W, K] aligned with
     ``labels`` (−inf in unused slots).
     """
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r.input_ids)
-        ids[i, :n] = torch.tensor(r.input_ids)
-        labels[i, :n] = torch.tensor(r.labels)
-        mask[i, :n] = 1
-    out = {"input_ids": ids, "labels": labels, "real": mask}
-    if any(r.position_ids is not None for r in rows):
-        pos = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            p = r.position_ids if r.position_ids is not None else list(range(len(r.input_ids)))
-            pos[i, : len(p)] = torch.tensor(p)
-            pos[i, len(p) :] = torch.arange(width - len(p))  # padding is its own segment
-        out["position_ids"] = pos
-    else:
-        out["attention_mask"] = mask
-    if any(r.top_ids for r in rows):
-        k = max(len(c) for r in rows for c in (r.top_ids or [[]]))
-        top_ids = torch.zeros((len(rows), width, k), dtype=torch.long)
-        top_lp = torch.full((len(rows), width, k), float("-inf"))
-        for i, r in enumerate(rows):
-            for j, (cand, lps) in enumerate(zip(r.top_ids or [], r.top_lps or [], strict=True)):
-                at = r.top_start + j
-                if at >= width:
-                    break
-                top_ids[i, at, : len(cand)] = torch.tensor(cand, dtype=torch.long)
-                top_lp[i, at, : len(lps)] = torch.tensor(lps, dtype=torch.float)
-        out["top_ids"], out["top_lp"] = top_ids, top_lp
-    return out
+    return collate_tensors([row_tensors(r) for r in rows], pad_id)
+
+
+class Collator:
+    """``collate`` for batches drawn again and again from the same rows: each row becomes tensors once.
+
+    Turning Python lists into tensors every step cost ~1 ms per SFT batch of 32 and ~10 ms with top-20 teacher
+    logprobs (two small tensors per position) in the training loop; cached, a batch is a few tensor operations.
+    Rows must not change while a Collator uses them.
+    """
+
+    def __init__(self, rows: list[EncodedRow], pad_id: int) -> None:
+        self.rows, self.pad_id = rows, pad_id
+        self._cache: dict[int, RowTensors] = {}
+
+    def _row(self, i: int) -> RowTensors:
+        t = self._cache.get(i)
+        if t is None:
+            t = self._cache[i] = row_tensors(self.rows[i])
+        return t
+
+    def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collate_tensors([self._row(i) for i in indices], self.pad_id)

@@ -37,7 +37,7 @@ from .checkpoint import (
     set_rng_state,
     trainable_state,
 )
-from .data import IGNORE, EncodedRow, collate
+from .data import IGNORE, Collator, EncodedRow, collate
 from .dist import Dist
 from .kd import Distiller, model_inputs
 
@@ -128,10 +128,11 @@ def evaluate_loss(
     mine = rows[dist.rank :: dist.world]
     acc = torch.zeros(2, dtype=torch.float64, device=dev)
     for i in range(0, len(mine), batch_size):
-        b = _to(collate(mine[i : i + batch_size], pad_id), dev)
+        cpu = collate(mine[i : i + batch_size], pad_id)
+        acc[1] += int((cpu["labels"][:, 1:] != IGNORE).sum())  # counted on the host: no device sync
+        b = _to(cpu, dev)
         logits = model(**model_inputs(b)).logits
         acc[0] += _ce_sum(logits, b["labels"]).double()
-        acc[1] += int((b["labels"][:, 1:] != IGNORE).sum())
     acc = dist.all_sum(acc)
     model.train(was_training)
     return float(acc[0] / acc[1].clamp(min=1))
@@ -229,17 +230,18 @@ def fit(
     best_mem: dict[str, torch.Tensor] | None = None
     t0 = time.perf_counter()
     train_loss = float("nan")
+    batch_of = Collator(rows, pad_id)  # each row's tensors built once, not every epoch
     while step < total and not stopped:
         batches = _batches(len(rows), cfg, epoch, dist.world, dist.rank)
         while pos < len(batches) and step < total and not stopped:
             group = batches[pos : pos + cfg.grad_accum_steps]
-            micro = [collate([rows[i] for i in (b or batches[0][:1])], pad_id) for b in group]
+            micro = [batch_of(b or batches[0][:1]) for b in group]
             weights = [1.0 if b else 0.0 for b in group]  # an empty share (uneven last batch) keeps DDP in step
             n = torch.zeros(3)
             for w, b in zip(weights, micro, strict=True):
                 c = distiller.counts(b) if distiller is not None else {}
                 n += w * torch.tensor([float((b["labels"][:, 1:] != IGNORE).sum()), c.get("kd", 0), c.get("hidden", 0)])
-            n0, n1, n2 = dist.all_sum(n.to(dev)).clamp(min=1).tolist()
+            n0, n1, n2 = dist.all_sum(n).clamp(min=1).tolist()  # counted on the host: no device sync
             parts = torch.zeros(3, device=dev)
             for i, (w, b) in enumerate(zip(weights, micro, strict=True)):
                 b = _to(b, dev)
