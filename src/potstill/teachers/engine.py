@@ -20,6 +20,7 @@ least-loaded server that is not backing off, sends, and then:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import itertools
@@ -165,6 +166,9 @@ class Engine:
         self._res = self.result
         self._on_done, self._on_event = on_done, on_event
         workers = sum(s.max_limit for s in self.servers)
+        # answers are committed (on_done) by one writer thread, so a commit never stalls the event loop and the
+        # other requests in flight; a job counts as answered only once its commit has returned
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="potstill-commit")
         try:
             async with asyncio.TaskGroup() as tg:
                 for _ in range(min(workers, max(1, len(jobs)))):
@@ -172,6 +176,8 @@ class Engine:
         except BaseExceptionGroup as eg:
             fatal = next((e for e in _leaves(eg) if isinstance(e, TeacherError)), None)
             raise (fatal or eg) from None
+        finally:
+            self._writer.shutdown(wait=True)
         return self._res
 
     # ------------------------------------------------------------------ workers
@@ -223,15 +229,18 @@ class Engine:
                 await self._release(srv)
             cost = 0.0
             try:
-                cost = self._settle(srv, job, out)
+                if out.kind == "ok":
+                    loop = asyncio.get_running_loop()
+                    cost = await loop.run_in_executor(self._writer, self._on_done, job, out)
+                self._settle(srv, job, out)
             finally:
                 self.budget.settle(job.cost_bound, cost)
 
-    def _settle(self, srv: Server, job: Job, out: Outcome) -> float:
-        if out.kind == "ok":
+    def _settle(self, srv: Server, job: Job, out: Outcome) -> None:
+        if out.kind == "ok":  # already committed by on_done
             srv.on_ok()
             self._res.answered += len(job.items)
-            return self._on_done(job, out)
+            return
         if out.kind == "fatal":
             self._res.stopped = "fatal"
             raise TeacherError(out.error)
@@ -245,14 +254,13 @@ class Engine:
             self._on_event(
                 "retry", server=srv.url, status=out.status, error=out.error, attempt=job.attempts, delay_s=delay
             )
-            return 0.0
+            return
         if out.kind == "retry":
             srv.on_retry(out.status, out.retry_after, self.policy, time.monotonic())
         msg = out.error if out.kind == "fail" else f"{out.error} (gave up after {job.attempts} attempts)"
         self._res.failed += len(job.items)
         self._res.failures.append((job, msg))
         self._on_event("row_failed", job=job, server=srv.url, status=out.status, error=msg)
-        return 0.0
 
 
 def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:
