@@ -176,14 +176,10 @@ class Collator:
     """
 
     def __init__(self, rows: list[EncodedRow], pad_id: int) -> None:
+        # All at once, before training churns the heap: built lazily between steps, these small long-lived
+        # tensors pinned the allocator's freed activation memory (RSS grew ~6 MB per step on CPU).
         self.rows, self.pad_id = rows, pad_id
-        self._cache: dict[int, RowTensors] = {}
-
-    def _row(self, i: int) -> RowTensors:
-        t = self._cache.get(i)
-        if t is None:
-            t = self._cache[i] = row_tensors(self.rows[i])
-        return t
+        self._cache = [row_tensors(r) for r in rows]
 
     def __call__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        return collate_tensors([self._row(i) for i in indices], self.pad_id)
+        return collate_tensors([self._cache[i] for i in indices], self.pad_id)
