@@ -100,7 +100,7 @@ def _size_mb(folder: Path) -> float:
 def _save_hf(model: Any, tok: Any, out: Path) -> None:
     from transformers import GenerationConfig
 
-    from .onnx import _replace_dir
+    from ..run_dir import atomic_replace_dir
 
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +109,7 @@ def _save_hf(model: Any, tok: Any, out: Path) -> None:
     end = tok.convert_tokens_to_ids("<|end|>")
     eos = sorted({i for i in (tok.eos_token_id, end if end != tok.unk_token_id else None) if isinstance(i, int)})
     GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(tmp)
-    _replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out)
 
 
 def _passed(fmt: str, check: dict[str, Any], min_int8_agreement: float) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
+from ..run_dir import atomic_replace_dir
 from ..server.backends import ONNX_META
 
 OPSET = 17
@@ -122,7 +123,7 @@ def export_onnx(model: Any, tokenizer: Any, out: Path) -> Path:
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out)
     return out / "model.onnx"
 
 
@@ -141,15 +142,5 @@ def quantize_int8(src: Path, out: Path) -> Path:
     meta = json.loads((tmp / ONNX_META).read_text())
     meta["weights"] = "int8 (dynamic quantisation, onnxruntime)"
     (tmp / ONNX_META).write_text(json.dumps(meta, indent=2) + "\n")
-    _replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out)
     return out / "model.onnx"
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Swap a finished folder into place (a crash leaves the old folder or none, never a half-written one)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..run_dir import atomic_replace_dir
+
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -50,15 +52,6 @@ def latest_checkpoint(ckpt_dir: Path | None) -> Path | None:
     return done[-1] if done else None
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int, acc: Any = None) -> Path:
     """Write ``state`` as checkpoints/step-N. With ``acc`` (sharded training) every rank must call this."""
     final = ckpt_dir / f"step-{step:07d}"
@@ -74,7 +67,7 @@ def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int,
         state = {k: v for k, v in state.items() if k not in ("model", "optimizer")}
     if is_main:
         torch.save(state, tmp / "state.pt")
-        _publish(tmp, final)
+        atomic_replace_dir(tmp, final)
         for old in sorted(ckpt_dir.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
@@ -85,7 +78,7 @@ def save_best(ckpt_dir: Path, state: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(state, tmp / "state.pt")
-    _publish(tmp, ckpt_dir / "best")
+    atomic_replace_dir(tmp, ckpt_dir / "best")
 
 
 def load_state(path: Path) -> dict[str, Any]:
