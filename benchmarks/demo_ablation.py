@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from potstill.config import validate_spec
-from potstill.demo import build_assets, demo_spec
+from potstill.demo import MAX_TOKENS, SIZES, build_assets, demo_spec
 from potstill.pipeline import run_pipeline
 
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -40,7 +40,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
         "4 samples + vote",
         {
             "generation": {"samples": 4, "temperature": 0.7},
-            "filters": ["nonempty", "parse", {"max_tokens": 40}, "self_consistency"],
+            "filters": ["nonempty", "parse", {"max_tokens": MAX_TOKENS}, "self_consistency"],
         },
     ),
 ]
@@ -62,8 +62,11 @@ def main() -> None:
     build_assets(assets, quick=True, log=print)
     base = demo_spec(assets, quick=True)
     base["evaluation"].update({"baseline": False, "models": [], "latency_samples": 2})
+    hp = base["hyperparameters"]  # the same steps for every variant, however many rows its filters keep
+    steps = -(-SIZES[True]["train"] // hp["batch_size"]) * hp["num_epochs"]
+    hp.update({"max_steps": steps, "num_epochs": 1000})
     rows = []
-    teacher_acc = None
+    teacher_acc, student_params = None, 0
     for name, change in VARIANTS:
         spec_d = merged(base, change)
         spec_d["name"] = "ablation-" + name.replace(" ", "-").replace("+", "")
@@ -75,6 +78,7 @@ def main() -> None:
         if "teacher" in by:
             teacher_acc = by["teacher"]["accuracy"]
         d = by["distilled"]
+        student_params = d["parameters"]
         ci = d.get("intervals", {}).get("accuracy", {})
         kept = json.loads((rd.data / "filter_report.json").read_text())["splits"]["train"]
         rows.append(
@@ -90,8 +94,9 @@ def main() -> None:
     lines = [
         "# Ablations on the demo's task",
         "",
-        f"Produced by `benchmarks/demo_ablation.py` (the quick demo's teacher, {teacher_acc:.1%} accurate on the",
-        "same test problems; the same untrained 158K-parameter student and student steps in every row).",
+        f"Produced by `benchmarks/demo_ablation.py` (the demo's committed teacher, {teacher_acc:.1%} accurate on the",
+        f"same test problems; the same untrained {student_params / 1e3:.0f}K-parameter student and {steps} student",
+        "steps of 32 in every row).",
         "",
         "| variant | distilled accuracy | 95 % CI | teacher outputs learned / generated | seconds |",
         "|---|---|---|---|---|",

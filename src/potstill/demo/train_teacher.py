@@ -18,6 +18,12 @@ from typing import Any
 from .task import SAMPLE_SEED, SYSTEM, chat, problems
 
 
+def training_rows(rows: int, seed: int) -> list[dict[str, Any]]:
+    """The labelled problems the teacher of recipe (rows, seed) learned from; the demo keeps them out of its splits."""
+    held = {str(r["prompt"]) for r in problems(2000, seed=SAMPLE_SEED)}
+    return problems(rows, seed=seed + 10, exclude=held)
+
+
 def accuracy(model_dir: Path | str, rows: list[dict[str, Any]], batch_size: int = 128) -> float:
     """Share of ``rows`` whose parsed answer equals the true value (greedy decoding)."""
     from ..data.tasks import parse_math, to_number
@@ -54,7 +60,7 @@ def train_teacher(
 
     torch.manual_seed(seed)
     held = {str(r["prompt"]) for r in problems(2000, seed=SAMPLE_SEED)}
-    data = problems(rows, seed=seed + 10, exclude=held)
+    data = training_rows(rows, seed)
     tok = build_tokenizer([f"{SYSTEM} {r['prompt']} {r['answer']}" for r in data[:5000]], vocab_size=1024)
     model = tiny_llama(tok, hidden=hidden, layers=layers, heads=heads, max_positions=256, seed=seed)
     n_params = sum(p.numel() for p in model.parameters())

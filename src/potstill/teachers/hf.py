@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import PotstillError
+from .hf_decode import decode_batch
 
 # The plain template used when a tokenizer ships none. Each turn is "<|role|>\n{content}<|end|>\n"; the
 # generation prompt is "<|assistant|>\n"; generation stops at "<|end|>" (the tokenizer's eos).
@@ -129,11 +130,6 @@ class LocalModel:
     def prompt_lengths(self, conversations: list[list[dict[str, str]]]) -> list[int]:
         return [len(self.tokenizer(self.chat_text(m), add_special_tokens=False)["input_ids"]) for m in conversations]
 
-    def _top_logprobs(self, logits: tuple[torch.Tensor, ...], k: int) -> tuple[list[Any], list[Any]]:
-        """(top ids, top logprobs), each [row][step][k], from the raw (untempered) logits of each step."""
-        vals, ids = zip(*(torch.log_softmax(lg.float(), dim=-1).topk(k, dim=-1) for lg in logits), strict=True)
-        return torch.stack(ids, 1).tolist(), torch.stack(vals, 1).tolist()
-
     def _piece(self, ids: list[int]) -> list[str]:
         return self.tokenizer.batch_decode([[i] for i in ids])
 
@@ -168,33 +164,25 @@ class LocalModel:
                 mask[r, width - len(enc[i]) :] = 1
             if seed is not None:
                 torch.manual_seed(seed + b)
-            sample = temperature > 0
             t0 = time.perf_counter()
-            gen = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=top_p if sample else None,
-                top_k=None,
-                eos_token_id=stop,
-                pad_token_id=pad,
-                output_logits=bool(logprobs),
-                return_dict_in_generate=True,
+            toks_, stopped, caps = decode_batch(
+                self.model,
+                ids.to(self.device),
+                mask.to(self.device),
+                max_new_tokens,
+                stop,
+                temperature=temperature,
+                top_p=top_p,
+                logprobs=logprobs,
             )
             dt = time.perf_counter() - t0
-            new = gen.sequences[:, width:].cpu()
-            caps = self._top_logprobs(gen.logits, logprobs) if logprobs else None
             for r, i in enumerate(idx):
-                row = new[r].tolist()
-                cut = next((k for k, t in enumerate(row) if t in stop), None)
-                finish = "stop" if cut is not None else "length"
-                toks = row[:cut] if cut is not None else row
+                toks = toks_[r]
+                finish = "stop" if stopped[r] else "length"
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
                 lp = None
                 if caps is not None:
-                    top_ids, top_vals = caps[0][r][: len(toks)], caps[1][r][: len(toks)]
+                    top_ids, top_vals = caps[r]
                     lp = {
                         "tokens": self._piece(toks),
                         "top": [
