@@ -114,3 +114,36 @@ def test_a_missing_tracker_package_is_a_clear_error(name: str, tmp_path: Path) -
         return
     with pytest.raises(TrainingError, match=f"report_to lists '{name}' but the {name} package is not installed"):
         Trackers([name], tmp_path, "t", {})
+
+
+def test_logits_only_from_the_first_target_give_the_same_loss_and_gradients(tok, monkeypatch) -> None:
+    """The LM head skips the prompts' leading positions (logits_to_keep); loss, gradients and training agree."""
+    from potstill.train import trainer
+
+    rows = [_row(tok, q, f"Answer: {a}") for q, a in QUESTIONS]
+    b = collate(rows, tok.pad_token_id)
+    tail = trainer._tail(b["labels"])
+    assert 0 < tail["logits_to_keep"] < b["labels"].shape[1]  # the shortest prompt's tokens are skipped
+    model = tiny_llama(tok, hidden=32, layers=2, heads=2, seed=3)
+    assert trainer.keeps_logits_tail(model)
+    losses, grads = [], []
+    for kw in ({}, tail):
+        model.zero_grad()
+        out = model(**model_inputs(b), **kw)
+        assert out.logits.shape[1] == kw.get("logits_to_keep", b["labels"].shape[1])
+        loss = _ce_sum(out.logits, b["labels"])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+    def trained(tail_on: bool) -> tuple[torch.Tensor, float]:
+        monkeypatch.setattr(trainer, "keeps_logits_tail", lambda m: tail_on)
+        m = tiny_llama(tok, hidden=32, layers=2, heads=2, seed=3)
+        cfg = FitConfig(learning_rate=1e-2, batch_size=4, num_epochs=3, warmup_ratio=0.0, save_every=10**9)
+        res = fit(m, rows, rows[:4], cfg, tok.pad_token_id)
+        return torch.cat([p.detach().flatten() for p in m.parameters()]), res["val_loss"]
+
+    (w_on, v_on), (w_off, v_off) = trained(True), trained(False)
+    assert torch.allclose(w_on, w_off, atol=1e-5) and v_on == pytest.approx(v_off, rel=1e-5)

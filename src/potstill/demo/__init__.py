@@ -27,7 +27,7 @@ TEACHER_DIR = Path(__file__).with_name("teacher")
 # labelled test rows; epochs over the kept teacher answers
 # (--quick skips the gold-only baseline: it would double the student's training time)
 SIZES = {
-    False: {"train": 20_000, "validation": 500, "test": 1000, "epochs": 3},
+    False: {"train": 20_000, "validation": 500, "test": 1000, "epochs": 4},
     True: {"train": 2000, "validation": 200, "test": 300, "epochs": 13},
 }
 STUDENT = {"hidden": 80, "layers": 2, "heads": 4}

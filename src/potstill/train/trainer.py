@@ -16,6 +16,7 @@ the newest and sees the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import random
 import time
@@ -106,10 +107,30 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy; ``logits`` may cover only the last positions (see ``_tail``)."""
     shift = logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(
-        shift.reshape(-1, shift.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum"
+        shift.reshape(-1, shift.size(-1)),
+        labels[:, labels.shape[1] - logits.shape[1] + 1 :].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
+
+
+def keeps_logits_tail(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (recent transformers causal LMs, under PEFT/DDP too)."""
+    m = getattr(model, "module", model)
+    m = m.get_base_model() if hasattr(m, "get_base_model") else m
+    return "logits_to_keep" in inspect.signature(m.forward).parameters
+
+
+def _tail(labels: torch.Tensor) -> dict[str, int]:
+    """Logits only from the first position that predicts a target token on: the LM head (a third of a small
+    model's arithmetic, and the biggest activation of a large-vocabulary one) skips the prompts' leading tokens.
+    Computed on the host batch: no device sync."""
+    hit = (labels[:, 1:] != IGNORE).any(0).nonzero()
+    first = int(hit[0]) if len(hit) else 0
+    return {"logits_to_keep": labels.shape[1] - first} if first > 0 else {}
 
 
 def _to(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
@@ -126,12 +147,14 @@ def evaluate_loss(
     model.eval()
     dev = next(model.parameters()).device
     mine = rows[dist.rank :: dist.world]
+    tail_ok = keeps_logits_tail(model)
     acc = torch.zeros(2, dtype=torch.float64, device=dev)
     for i in range(0, len(mine), batch_size):
         cpu = collate(mine[i : i + batch_size], pad_id)
         acc[1] += int((cpu["labels"][:, 1:] != IGNORE).sum())  # counted on the host: no device sync
+        tail = _tail(cpu["labels"]) if tail_ok else {}
         b = _to(cpu, dev)
-        logits = model(**model_inputs(b)).logits
+        logits = model(**model_inputs(b), **tail).logits
         acc[0] += _ce_sum(logits, b["labels"]).double()
     acc = dist.all_sum(acc)
     model.train(was_training)
@@ -227,6 +250,7 @@ def fit(
     alpha = distiller.kd.alpha if distiller is not None and distiller.kd is not None else 0.0
     h_weight = distiller.hidden.weight if distiller is not None and distiller.hidden is not None else 0.0
     want_hidden = distiller is not None and distiller.needs_hidden_states
+    tail_ok = distiller is None and keeps_logits_tail(model)  # KD and hidden-state losses need every position
     best_mem: dict[str, torch.Tensor] | None = None
     t0 = time.perf_counter()
     train_loss = float("nan")
@@ -244,9 +268,10 @@ def fit(
             n0, n1, n2 = dist.all_sum(n).clamp(min=1).tolist()  # counted on the host: no device sync
             parts = torch.zeros(3, device=dev)
             for i, (w, b) in enumerate(zip(weights, micro, strict=True)):
+                tail = _tail(b["labels"]) if tail_ok else {}
                 b = _to(b, dev)
                 with dist.no_sync(model, skip=i < len(micro) - 1), _autocast(dev, cfg.mixed_precision):
-                    out = model(**model_inputs(b), output_hidden_states=want_hidden)
+                    out = model(**model_inputs(b), output_hidden_states=want_hidden, **tail)
                     ce = _ce_sum(out.logits, b["labels"])
                     extra_losses = distiller.step_losses(out, b) if distiller is not None else {}
                 zero = ce.new_zeros(())
