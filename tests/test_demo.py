@@ -122,3 +122,21 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert by["distilled"]["parameters"] < by["teacher"]["parameters"]
     assert (rd / "report" / "report.html").exists() and (rd / "report" / "report.md").exists()
     assert "accuracy retention" in res.stdout
+
+
+def test_full_demo_flow_on_a_small_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full demo's order on 64 questions: gold-only trained for exactly the distilled student's steps, then
+    evaluation, the targets file, and a report that shows the targets."""
+    import potstill.demo as demo
+
+    monkeypatch.setitem(demo.SIZES, False, {"train": 64, "validation": 16, "test": 16, "epochs": 2})
+    rd = demo.run_demo(tmp_path / "demo", quick=False)
+    steps = json.loads((rd / "student" / "training_summary.json").read_text())["steps"]
+    recipe = json.loads((rd / "assets" / "gold-only" / "recipe.json").read_text())
+    assert steps == 4 and recipe == {"rows": 16, "steps": 4, "batch_size": 32, "learning_rate": demo.LEARNING_RATE}
+    results = json.loads((rd / "eval" / "results.json").read_text())
+    assert {m["name"] for m in results["models"]} == {"teacher", "baseline", "distilled", "gold-only"}
+    targets = json.loads((rd / "eval" / "targets.json").read_text())["targets"]
+    assert [t["target"] for t in targets] == [w for w, _, _ in check_targets(results)] and len(targets) == 6
+    assert next(t for t in targets if t["target"].startswith("teacher"))["met"]  # the committed teacher, ≥ 90 %
+    assert 'class="targets"' in (rd / "report" / "report.html").read_text()

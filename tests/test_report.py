@@ -234,6 +234,24 @@ def test_report_html_is_self_contained_and_shows_the_results(tmp_path: Path) -> 
     assert "| accuracy (95 % CI) | 80.0 % (65.0–90.0) | 25.0 % (14.0–40.0) |" in md
 
 
+def test_report_shows_targets_when_the_run_has_them(tmp_path: Path) -> None:
+    synthetic_run(tmp_path)
+    build_report(tmp_path)
+    assert 'class="targets"' not in (tmp_path / "report" / "report.html").read_text()
+    targets = [
+        {"target": "retention ≥ 95 % of the teacher", "measured": "96.4 %", "met": True},
+        {"target": "≥ 5× faster per answer", "measured": "3.1×", "met": False},
+    ]
+    (tmp_path / "eval" / "targets.json").write_text(json.dumps({"targets": targets}))
+    build_report(tmp_path)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert _table_rows(html, "targets") == [
+        ["retention ≥ 95 % of the teacher", "96.4 %", "yes"],
+        ["≥ 5× faster per answer", "3.1×", "no"],
+    ]
+    assert "| ≥ 5× faster per answer | 3.1× | no |" in (tmp_path / "report" / "report.md").read_text()
+
+
 def _table_rows(html: str, cls: str) -> list[list[str]]:
     start = html.index(f'<table class="{cls}">')
     body = html[start : html.index("</table>", start)]

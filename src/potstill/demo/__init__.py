@@ -161,6 +161,7 @@ def run_demo(run_dir: Path, quick: bool = False, log: Callable[[str], None] | No
 
     from ..config import validate_spec
     from ..pipeline import run_pipeline
+    from ..run_dir import RunDir
 
     log = log or (lambda m: None)
     t0 = time.perf_counter()
@@ -175,6 +176,11 @@ def run_demo(run_dir: Path, quick: bool = False, log: Callable[[str], None] | No
     if not quick:
         labelled = [json.loads(line) for line in (assets / "validation.jsonl").read_text().splitlines()]
         train_gold_only(assets / "student", assets / "gold-only", labelled, steps, log)
+    run_pipeline(spec, run_dir, only=["evaluate"], log=log)
+    if not quick:  # the targets are the full demo's; the report shows them
+        results = json.loads((run_dir / "eval" / "results.json").read_text())
+        targets = [{"target": w, "measured": m, "met": ok} for w, m, ok in check_targets(results)]
+        RunDir(run_dir).write_json(run_dir / "eval" / "targets.json", {"targets": targets})
     run_pipeline(spec, run_dir, log=log)
     (run_dir / "demo_seconds.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
     return run_dir

@@ -71,6 +71,7 @@ def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "job_text": job_text,
         "history": loss_history(rd),
         "ledger": generation_ledger(rd),
+        "targets": _json(rd.eval / "targets.json").get("targets") or [],
     }
 
 
@@ -119,6 +120,9 @@ def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
     header, rows = derived_table(res)
     if len(header) > 2:
         parts += ["", "### Every model against the teacher and the baseline", "", markdown_table(header, rows)]
+    if ctx["targets"]:
+        rows = [[t["target"], t["measured"], "yes" if t["met"] else "no"] for t in ctx["targets"]]
+        parts += ["", "### Targets", "", markdown_table(["target", "measured", "met"], rows)]
     parts += ["", "### How it was measured", "", *[f"- {n}" for n in _notes(ctx)], ""]
     for name, (title, _) in figures.items():
         parts += [f"## {title}", "", f"![{title}]({name}.png)", ""]
@@ -145,6 +149,7 @@ def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> s
         derived=derived_lines(res),
         derived_table=(header, rows) if len(header) > 2 else None,
         notes=[n.replace("`", "") for n in _notes(ctx)],
+        targets=ctx["targets"],
         figures=[
             {"name": n, "title": t, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
             for n, (t, png) in figures.items()
