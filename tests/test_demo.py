@@ -59,6 +59,18 @@ def test_committed_teacher_reaches_its_documented_accuracy() -> None:
     assert abs(acc - card["sample_accuracy"]) <= 0.01, (acc, card["sample_accuracy"])
 
 
+def test_train_teacher_defaults_are_the_shipped_recipe() -> None:
+    import inspect
+
+    from potstill.demo.train_teacher import train_teacher
+
+    card = teacher_card()
+    defaults = {k: p.default for k, p in inspect.signature(train_teacher).parameters.items()}
+    keys = ("hidden", "layers", "heads", "rows", "steps", "batch_size", "seed", "precision")
+    assert {k: defaults[k] for k in keys} == {k: card[k] for k in keys}
+    assert defaults["lr"] == card["learning_rate"]
+
+
 def test_demo_splits_are_unseen_by_the_teacher(tmp_path: Path) -> None:
     build_assets(tmp_path, quick=True, log=lambda m: None)
     card = teacher_card()
