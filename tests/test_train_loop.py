@@ -147,3 +147,25 @@ def test_logits_only_from_the_first_target_give_the_same_loss_and_gradients(tok,
 
     (w_on, v_on), (w_off, v_off) = trained(True), trained(False)
     assert torch.allclose(w_on, w_off, atol=1e-5) and v_on == pytest.approx(v_off, rel=1e-5)
+
+
+def test_group_by_length_batches_similar_rows_and_still_visits_every_row() -> None:
+    from potstill.train.trainer import _batches
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(20, 120, (1000,), generator=g).tolist()
+    cfg = FitConfig(batch_size=8, seed=5)
+    plain = _batches(1000, cfg, epoch=0)
+    cfg.group_by_length = True
+    grouped = _batches(1000, cfg, epoch=0, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(1000)) and len(grouped) == len(plain)
+    padded = [sum(max(lengths[i] for i in b) * len(b) for b in bs) for bs in (plain, grouped)]
+    assert padded[1] < 0.8 * padded[0]  # far less padding than random batches
+    assert grouped == _batches(1000, cfg, epoch=0, lengths=lengths)  # reproducible (resume needs it)
+    assert grouped != _batches(1000, cfg, epoch=1, lengths=lengths)  # a new order each epoch
+    starts = [lengths[b[0]] for b in grouped]
+    assert starts != sorted(starts, reverse=True)  # the batches themselves are shuffled
+    r0, r1 = (_batches(1000, cfg, epoch=0, world=2, rank=r, lengths=lengths) for r in (0, 1))
+    assert sorted(i for b in r0 + r1 for i in b) == list(range(1000))
+    # the two processes take the two halves of the same length-sorted global batch
+    assert all(min(lengths[i] for i in a) >= max(lengths[i] for i in b) for a, b in zip(r0, r1, strict=True) if b)

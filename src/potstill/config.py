@@ -148,6 +148,9 @@ class Hyperparameters(_Strict):
     )
     early_stopping_min_delta: float = Field(0.0, ge=0, description="an improvement must beat the best by this")
     packing: bool = Field(False, description="pack short examples into rows of up to max_seq_len tokens")
+    group_by_length: bool = Field(
+        False, description="batch rows of similar length together (less padding; batches still shuffled)"
+    )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on CPU"
     )

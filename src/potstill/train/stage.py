@@ -53,6 +53,7 @@ def fit_config(spec: JobSpec, device: torch.device | None = None) -> FitConfig:
         mixed_precision=resolve_precision(hp.mixed_precision, device or torch.device("cpu")),
         early_stopping_patience=hp.early_stopping_patience,
         early_stopping_min_delta=hp.early_stopping_min_delta,
+        group_by_length=hp.group_by_length,
     )
 
 

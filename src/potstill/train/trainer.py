@@ -61,6 +61,7 @@ class FitConfig:
     seed: int = 42
     keep_checkpoints: int = 2
     mixed_precision: str = "no"  # no | bf16 | fp16 (resolved: see stage.resolve_precision)
+    group_by_length: bool = False  # batches of similar-length rows (less padding); see _batches
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     restore_best: bool = True
@@ -87,14 +88,25 @@ def lr_lambda(cfg: FitConfig, total: int) -> Callable[[int], float]:
     return f
 
 
-def _batches(n: int, cfg: FitConfig, epoch: int, world: int = 1, rank: int = 0) -> list[list[int]]:
-    """This process's share of each global batch (batch_size × world rows, one shuffle per epoch)."""
+def _batches(
+    n: int, cfg: FitConfig, epoch: int, world: int = 1, rank: int = 0, lengths: list[int] | None = None
+) -> list[list[int]]:
+    """This process's share of each global batch (batch_size × world rows, one shuffle per epoch).
+
+    With ``lengths`` (group_by_length), the shuffled rows are sorted by length within mega-batches of 50 global
+    batches, cut into batches and the batches shuffled: rows of a batch have similar lengths, so less padding is
+    computed, while each epoch still visits the rows in a new random order."""
     g = torch.Generator().manual_seed(cfg.seed + epoch)
     perm = torch.randperm(n, generator=g).tolist()
     size = cfg.batch_size * world
+    if lengths is not None:
+        mega = 50 * size
+        perm = [i for m in range(0, n, mega) for i in sorted(perm[m : m + mega], key=lambda i: -lengths[i])]
+    chunks = [perm[i : i + size] for i in range(0, n, size)]
+    if lengths is not None:
+        chunks = [chunks[j] for j in torch.randperm(len(chunks), generator=g).tolist()]
     out = []
-    for i in range(0, n, size):
-        chunk = perm[i : i + size]
+    for chunk in chunks:
         per = math.ceil(len(chunk) / world)
         out.append(chunk[rank * per : (rank + 1) * per])
     return out
@@ -255,8 +267,9 @@ def fit(
     t0 = time.perf_counter()
     train_loss = float("nan")
     batch_of = Collator(rows, pad_id)  # each row's tensors built once, not every epoch
+    lengths = [len(r.input_ids) for r in rows] if cfg.group_by_length else None
     while step < total and not stopped:
-        batches = _batches(len(rows), cfg, epoch, dist.world, dist.rank)
+        batches = _batches(len(rows), cfg, epoch, dist.world, dist.rank, lengths)
         while pos < len(batches) and step < total and not stopped:
             group = batches[pos : pos + cfg.grad_accum_steps]
             micro = [batch_of(b or batches[0][:1]) for b in group]
