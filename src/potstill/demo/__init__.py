@@ -121,7 +121,6 @@ def train_gold_only(student_dir: Path, out: Path, labelled: list[dict[str, Any]]
         weight_decay=0.1,
         save_every=10**9,
         seed=42,
-        group_by_length=True,
     )
     fit(model, rows, [], cfg, tok.pad_token_id)
     save_model(model, tok, out)
@@ -152,7 +151,6 @@ def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
             "warmup_ratio": 0.05,
             "weight_decay": 0.1,
             "save_every": 200,
-            "group_by_length": True,
         },
         "evaluation": {
             "models": [] if quick else [{"name": "gold-only", "model": str(assets / "gold-only")}],
