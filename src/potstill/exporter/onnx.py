@@ -26,12 +26,12 @@ OPSET = 17
 
 
 def _wrapper(model: Any, layers: int) -> Any:
-    import inspect
-
     import torch
     from transformers import DynamicCache
 
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    from ..teachers.hf_decode import cache_kwarg
+
+    cache_kw = cache_kwarg(model)
 
     class Decoder(torch.nn.Module):
         def __init__(self) -> None:

@@ -10,7 +10,6 @@ decode loop (server/decode.py), so a parity check compares the models and nothin
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from ..errors import PotstillError
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from ..teachers.hf_decode import cache_kwarg
 from .decode import Result, Row, decode
 
 ONNX_META = "potstill_onnx.json"  # written by the ONNX export beside model.onnx: input/output names and shapes
@@ -32,8 +32,7 @@ class TorchBackend:
         from transformers import DynamicCache
 
         self.model, self._torch, self._cache_cls = model, torch, DynamicCache
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache_kw = cache_kwarg(model)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def forward(

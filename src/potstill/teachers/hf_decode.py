@@ -13,11 +13,17 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
 
 TopK = tuple[list[list[int]], list[list[float]]]
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward() argument that takes the KV cache: ``cache`` in newer transformers, else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def can_shrink(cache: Any) -> bool:
@@ -51,13 +57,12 @@ def decode_batch(
     logprobs: int | None = None,
 ) -> tuple[list[list[int]], list[bool], list[TopK] | None]:
     """Generate for left-padded ``ids`` / ``mask`` (batch, width); see the module docstring."""
-    import inspect
-
     from transformers import DynamicCache
 
-    params = inspect.signature(model.forward).parameters
-    kw = "cache" if "cache" in params else "past_key_values"
-    last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the prompt's last position only
+    kw = cache_kwarg(model)
+    last = (
+        {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    )  # the prompt's last position only
     n = ids.shape[0]
     toks: list[list[int]] = [[] for _ in range(n)]
     stopped = [False] * n
