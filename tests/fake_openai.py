@@ -15,6 +15,15 @@ counts whitespace-separated words. `logprobs`/`top_logprobs` and `n` are honoure
 Faults (names for `inject` and `fault_fn`): "429" (with Retry-After: retry_after_s), "500", "503", "400", "401",
 "timeout" (answers after hang_s), "reset" (closes the connection without a response), "malformed" (200 with
 broken JSON), "empty_choices" (200 with "choices": []), "length" (200, finish_reason "length").
+
+Responses that are not what the API promises (MALFORMED; written byte by byte, so headers may lie):
+    "retry_after_word"  429 with Retry-After: soon           "retry_after_unit"  429 with Retry-After: <retry_after_s>s
+    "html_502"          502 with an nginx HTML page          "choices_not_list"  200, "choices": {"0": {...}}
+    "no_message"        200, a choice without "message"      "content_filter"    200, content null, "content_filter"
+    "null_content"      200, content null, "stop"            "json_array"        200, a top-level JSON array
+    "bad_utf8"          200, invalid UTF-8 in the answer      "lying_gzip"        Content-Encoding: gzip, plain body
+    "short_body"        Content-Length 100 bytes too long, then the connection closes
+    "logprob_missing"   a logprobs entry without "logprob"   "logprob_types"     "logprob": "high", top_logprobs a dict
 """
 
 from __future__ import annotations
@@ -30,7 +39,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-FAULTS = ("429", "500", "503", "400", "401", "timeout", "reset", "malformed", "empty_choices", "length")
+MALFORMED = (
+    "retry_after_word",
+    "retry_after_unit",
+    "html_502",
+    "choices_not_list",
+    "no_message",
+    "content_filter",
+    "null_content",
+    "json_array",
+    "bad_utf8",
+    "lying_gzip",
+    "short_body",
+    "logprob_missing",
+    "logprob_types",
+)
+FAULTS = ("429", "500", "503", "400", "401", "timeout", "reset", "malformed", "empty_choices", "length", *MALFORMED)
+HTML_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n"
+    b"<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
+)
 
 
 @dataclass
@@ -58,6 +86,19 @@ def row_id(body: dict[str, Any]) -> str:
     return f"{user}|{body.get('seed')}"
 
 
+@dataclass
+class Raw:
+    """A response written exactly as given (status line, headers, body); the connection closes after it."""
+
+    data: bytes
+
+
+def _raw(status: str, headers: dict[str, str], payload: bytes, length: int | None = None) -> Raw:
+    head = [f"HTTP/1.1 {status}", f"Content-Length: {len(payload) if length is None else length}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return Raw("\r\n".join([*head, "", ""]).encode() + payload)
+
+
 def _logprobs(text: str, k: int) -> dict[str, Any]:
     content = []
     for i, tok in enumerate(text.split(" ")):
@@ -66,6 +107,9 @@ def _logprobs(text: str, k: int) -> dict[str, Any]:
         top += [{"token": f"<alt{j}>", "logprob": -1.0 - j - 0.1 * i} for j in range(1, k)]
         content.append({"token": piece, "logprob": top[0]["logprob"], "top_logprobs": top[:k]})
     return {"content": content}
+
+
+Reply = tuple[int, dict[str, str], bytes] | Raw | None
 
 
 class FakeOpenAI:
@@ -161,6 +205,10 @@ class FakeOpenAI:
                 if reply is None:  # "reset": drop the connection without answering
                     writer.transport.abort()
                     return
+                if isinstance(reply, Raw):  # byte-exact: may promise more than it sends, so close after it
+                    writer.write(reply.data)
+                    await writer.drain()
+                    return
                 status, extra, payload = reply
                 reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many"}
                 out = [f"HTTP/1.1 {status} {reason.get(status, 'Error')}", f"Content-Length: {len(payload)}"]
@@ -173,9 +221,7 @@ class FakeOpenAI:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _handle(
-        self, target: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, dict[str, str], bytes] | None:
+    async def _handle(self, target: str, headers: dict[str, str], raw: bytes) -> Reply:
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
@@ -192,12 +238,14 @@ class FakeOpenAI:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         reply = self._reply(fault, body, given)
-        entry.status = reply[0] if reply else None
+        entry.status = int(reply.data.split(b" ", 2)[1]) if isinstance(reply, Raw) else reply[0] if reply else None
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
         return reply
 
-    def _reply(self, fault: str | None, body: dict[str, Any], key: str) -> tuple[int, dict[str, str], bytes] | None:
+    def _reply(self, fault: str | None, body: dict[str, Any], key: str) -> Reply:
+        if fault in MALFORMED:
+            return self._malformed(fault, body)
         match fault:
             case "reset":
                 return None
@@ -230,6 +278,46 @@ class FakeOpenAI:
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         out = {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"), "choices": choices}
         return 200, {}, json.dumps({**out, "usage": usage}).encode()
+
+    def _malformed(self, fault: str, body: dict[str, Any]) -> Reply:
+        good = self._reply(None, body, "")
+        assert isinstance(good, tuple)
+        answer = json.loads(good[2])
+        choice = answer["choices"][0]
+        match fault:
+            case "retry_after_word":
+                return 429, {"Retry-After": "soon"}, _error("Rate limit reached, retry later")
+            case "retry_after_unit":
+                return 429, {"Retry-After": f"{self.retry_after_s}s"}, _error("Rate limit reached, retry later")
+            case "html_502":
+                return _raw("502 Bad Gateway", {"Content-Type": "text/html", "Server": "nginx"}, HTML_502)
+            case "choices_not_list":
+                answer["choices"] = {"0": choice}
+            case "no_message":
+                del choice["message"]
+            case "content_filter" | "null_content":
+                choice["message"]["content"] = None
+                choice["finish_reason"] = "content_filter" if fault == "content_filter" else "stop"
+            case "json_array":
+                answer = [answer]
+            case "bad_utf8":
+                payload = json.dumps(answer).encode().replace(b"Answer: ", b"Answer: \xff\xfe", 1)
+                return _raw("200 OK", {"Content-Type": "application/json"}, payload)
+            case "lying_gzip":
+                headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+                return _raw("200 OK", headers, json.dumps(answer).encode())
+            case "short_body":
+                payload = json.dumps(answer).encode()
+                return _raw("200 OK", {"Content-Type": "application/json"}, payload, length=len(payload) + 100)
+            case "logprob_missing" | "logprob_types":
+                content = _logprobs(choice["message"]["content"], int(body.get("top_logprobs") or 2))["content"]
+                if fault == "logprob_missing":
+                    del content[0]["top_logprobs"][0]["logprob"]
+                else:
+                    content[0]["top_logprobs"][0]["logprob"] = "high"
+                    content[-1]["top_logprobs"] = {"token": "x"}
+                choice["logprobs"] = {"content": content}
+        return 200, {}, json.dumps(answer).encode()
 
 
 def _error(message: str) -> bytes:

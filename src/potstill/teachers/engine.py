@@ -6,8 +6,10 @@
 One worker coroutine per slot (the sum of the servers' limits). A worker takes the next job, waits for the
 least-loaded server that is not backing off, sends, and then:
     ok                      on_done(job, outcome) commits the answer; the server's limit grows back by 1 every
-                            25 successes in a row (after a 429 cut it by a quarter)
-    retryable (408/409/429/5xx, timeout, connection error, malformed or empty response)
+                            25 successes in a row (after a 429 cut it by a quarter). Rows in ``outcome.refused``
+                            (a content filter's null answer) fail with that reason; the job's other rows stand
+    retryable (408/409/429/5xx, timeout, connection error, malformed or empty response, and any exception that
+              ``send`` raises: one request's surprise never stops the others)
                             the job waits out the back-off (Retry-After / retry-after-ms when the server sends
                             one, else base * 2^attempt with jitter) and prefers another server; a 429, or two
                             failures in a row, also pause that server alone
@@ -26,9 +28,9 @@ import heapq
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import TeacherError
 
@@ -47,6 +49,7 @@ class Outcome:
     error: str = ""
     retry_after: float | None = None
     latency_s: float = 0.0
+    refused: dict[int, str] = field(default_factory=dict)  # ok only: index in job.items -> why that row has no answer
 
 
 @dataclass
@@ -137,6 +140,18 @@ class EngineResult:
 
 
 SendFn = Callable[[Server, Job], Awaitable[Outcome]]
+T = TypeVar("T")
+
+
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run(make()), also from code already inside a running event loop (a Jupyter cell), where
+    asyncio.run refuses: there the coroutine runs to the end in a thread of its own, with a loop of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="potstill-loop") as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 class Engine:
@@ -225,6 +240,8 @@ class Engine:
             try:
                 assert self.send is not None
                 out = await self.send(srv, job)
+            except Exception as exc:  # whatever one request meets is that request's problem: it retries, then fails
+                out = Outcome("retry", error=f"unexpected {type(exc).__name__} from {srv.url}: {str(exc)[:300]}")
             finally:
                 await self._release(srv)
             cost = 0.0
@@ -237,9 +254,14 @@ class Engine:
                 self.budget.settle(job.cost_bound, cost)
 
     def _settle(self, srv: Server, job: Job, out: Outcome) -> None:
-        if out.kind == "ok":  # already committed by on_done
+        if out.kind == "ok":  # already committed by on_done, all but the refused rows
             srv.on_ok()
-            self._res.answered += len(job.items)
+            self._res.answered += len(job.items) - len(out.refused)
+            for i, why in sorted(out.refused.items()):
+                part = Job([job.items[i]], job.body, attempts=job.attempts + 1)
+                self._res.failed += 1
+                self._res.failures.append((part, why))
+                self._on_event("row_failed", job=part, server=srv.url, status=out.status, error=why)
             return
         if out.kind == "fatal":
             self._res.stopped = "fatal"

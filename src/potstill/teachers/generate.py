@@ -178,7 +178,10 @@ def run_generate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                 from .turns import generate_split
 
                 examples = list(read_examples(path, split, spec.prompts.template))
-                counts[split] = generate_split(spec, task, examples, answerer, rd, split)
+                counts[split], why = generate_split(spec, task, examples, answerer, rd, split)
+                total, failed = total + counts[split]["conversations"], failed + counts[split]["failed"]
+                for msg, n in why.items():
+                    reasons[msg] = reasons.get(msg, 0) + n
                 continue
             reqs = [
                 build_request(spec, task, ex, s)

@@ -1,6 +1,8 @@
-"""OpenAI-compatible and Azure OpenAI teachers: the chat-completions protocol on top of the engine.
+"""OpenAI-compatible and Azure OpenAI teachers: the chat-completions protocol (wire.py) on top of the engine.
 
     failures = answer_remote(spec, rd, cache, requests, label="train")   # commits every answer to the cache
+
+Works from inside a running event loop too (a Jupyter cell): the requests then run in a thread of their own.
 
 Keys and tokens are read from the environment variables the spec names, sent only in headers, and scrubbed
 from every message this module produces (events, errors, failure reasons).
@@ -8,12 +10,9 @@ from every message this module produces (events, errors, failure reasons).
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,18 +23,8 @@ from ..errors import TeacherError
 from ..progress import progress
 from ..run_dir import RunDir
 from .cache import RequestCache
-from .engine import FATAL_STATUS, RETRY_STATUS, Budget, Engine, Job, Outcome, RetryPolicy, Server
-
-RemoteTeacher = OpenAITeacher | AzureOpenAITeacher
-
-
-@dataclass
-class Answer:
-    text: str
-    finish_reason: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    logprobs: dict[str, Any] | None = None
+from .engine import Budget, Engine, Job, Outcome, RetryPolicy, Server, run_sync
+from .wire import RemoteTeacher, classify, wire_body
 
 
 # ---------------------------------------------------------------------------------------------- auth
@@ -75,95 +64,6 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
         if s:
             text = text.replace(s, "***")
     return text
-
-
-# ---------------------------------------------------------------------------------------------- protocol
-def wire_body(t: RemoteTeacher, body: dict[str, Any], n: int = 1) -> dict[str, Any]:
-    """The JSON sent: the cache body minus our own fields; a sample index shifts the seed so samples differ."""
-    out = {k: v for k, v in body.items() if k not in ("sample", "logprobs") and v is not None}
-    out["seed"] = int(body.get("seed") or 0) + int(body.get("sample") or 0)
-    if body.get("logprobs"):
-        out["logprobs"], out["top_logprobs"] = True, int(body["logprobs"])
-    if n > 1:
-        out["n"] = n
-    if isinstance(t, AzureOpenAITeacher):
-        out.pop("model", None)
-    return {**out, **t.extra_body}
-
-
-def parse_choice(ch: dict[str, Any]) -> Answer:
-    msg = ch.get("message") or {}
-    text = msg.get("content")
-    lp = None
-    content = (ch.get("logprobs") or {}).get("content")
-    if content:
-        lp = {
-            "tokens": [c.get("token", "") for c in content],
-            "top": [
-                [[a.get("token", ""), round(float(a["logprob"]), 4)] for a in c.get("top_logprobs") or []]
-                for c in content
-            ],
-        }
-    return Answer(text if isinstance(text, str) else "", ch.get("finish_reason") or "stop", None, None, lp)
-
-
-def server_message(r: httpx.Response) -> str:
-    try:
-        data = r.json()
-        err = data.get("error") if isinstance(data, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else (err or data.get("message") or data.get("detail"))
-        if msg:
-            return str(msg)[:400]
-    except (ValueError, AttributeError):
-        pass
-    return (r.text or r.reason_phrase or "")[:400].replace("\n", " ")
-
-
-def retry_after(r: httpx.Response) -> float | None:
-    ms = r.headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    ra = r.headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return float(ra)
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(ra) if ra else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def classify(r: httpx.Response, n: int, var: str) -> Outcome:
-    host = urlsplit(str(r.request.url)).netloc
-    if r.status_code == 200:
-        try:
-            data = r.json()
-        except ValueError:
-            return Outcome("retry", status=200, error="malformed JSON in the response")
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices or len(choices) < n:
-            return Outcome("retry", status=200, error=f"response has {len(choices or [])} choices, expected {n}")
-        answers = [parse_choice(c) for c in sorted(choices, key=lambda c: c.get("index", 0))[:n]]
-        usage = data.get("usage") or {}
-        pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        for i, a in enumerate(answers):  # usage is per request: the prompt is paid once, completions split evenly
-            a.prompt_tokens = pt if i == 0 else 0
-            a.completion_tokens = None if ct is None else ct // n + (1 if i < ct % n else 0)
-        return Outcome("ok", answers=answers, status=200)
-    msg = f"HTTP {r.status_code} from {host}: {server_message(r)}"
-    if r.status_code in FATAL_STATUS:
-        return Outcome(
-            "fatal",
-            status=r.status_code,
-            error=f"the teacher at {host} refused the credentials (HTTP {r.status_code}): "
-            f"check the environment variable {var} (the key, its permissions, the deployment)",
-        )
-    if r.status_code in RETRY_STATUS or r.status_code >= 500:
-        return Outcome("retry", status=r.status_code, error=msg, retry_after=retry_after(r))
-    return Outcome("fail", status=r.status_code, error=msg)
 
 
 # ---------------------------------------------------------------------------------------------- the driver
@@ -207,9 +107,11 @@ def answer_remote(
 
         def on_done(job: Job, out: Outcome) -> float:
             rows, total = [], 0.0
-            for r, a in zip(job.items, out.answers, strict=True):
+            for i, (r, a) in enumerate(zip(job.items, out.answers, strict=True)):
                 c = cost_usd(t, a.prompt_tokens, a.completion_tokens)
-                total += c or 0.0
+                total += c or 0.0  # a refused answer is paid for too, but not kept: the row fails (engine)
+                if i in out.refused:
+                    continue
                 fields = {
                     "finish_reason": a.finish_reason,
                     "prompt_tokens": a.prompt_tokens,
@@ -240,7 +142,7 @@ def answer_remote(
             finally:
                 await client.aclose()
 
-        asyncio.run(main())
+        run_sync(main)
     if res.stopped == "budget":
         raise TeacherError(
             f"budget reached: ${engine.budget.spent:.4f} spent of teacher.budget_usd=${t.budget_usd:g}; "
@@ -250,7 +152,7 @@ def answer_remote(
     failures: dict[str, str] = {}
     for job, msg in res.failures:
         for r in job.items:
-            failures[r.key] = msg
+            failures[r.key] = scrub(msg, secrets)
     rd.event(stage, "teacher_done", split=label, answered=res.answered, failed=res.failed, retries=res.retries)
     return failures
 
@@ -289,18 +191,24 @@ class ChatClient:
         return c
 
     async def send(self, srv: Server, job: Job) -> Outcome:
+        """One request, never an exception: whatever comes back (or breaks) is an Outcome for this job alone."""
         client = self._take(srv.url)
         t0 = time.perf_counter()
+        host = _host(srv)
         try:
-            r = await client.post(srv.url, json=job.body)
+            out = classify(await client.post(srv.url, json=job.body), len(job.items), self.var)
         except httpx.TimeoutException:
-            return Outcome("retry", error=f"no answer within timeout_s={self.t.timeout_s} from {_host(srv)}")
-        except httpx.TransportError as exc:
-            return Outcome("retry", error=f"connection error ({type(exc).__name__}) with {_host(srv)}")
+            out = Outcome("retry", error=f"no answer within timeout_s={self.t.timeout_s} from {host}")
+        except httpx.TransportError as exc:  # refused, reset, or a body shorter than its Content-Length
+            out = Outcome("retry", error=f"connection error with {host} ({type(exc).__name__}: {_said(exc)})")
+        except httpx.DecodingError as exc:
+            out = Outcome("retry", error=f"the body from {host} does not decode as its Content-Encoding says ({exc})")
+        except Exception as exc:  # a response nobody foresaw: this request retries, the others go on
+            out = Outcome("retry", error=f"unexpected {type(exc).__name__} with the answer of {host}: {_said(exc)}")
         finally:
             self.idle[srv.url].append(client)
-        out = classify(r, len(job.items), self.var)
         out.error = scrub(out.error, self.secrets)
+        out.refused = {i: scrub(why, self.secrets) for i, why in out.refused.items()}
         out.latency_s = round(time.perf_counter() - t0, 4)
         return out
 
@@ -326,3 +234,7 @@ def make_jobs(t: RemoteTeacher, reqs: list[Any]) -> list[Job]:
 
 def _host(srv: Server) -> str:
     return urlsplit(srv.url).netloc
+
+
+def _said(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or "no details"

@@ -2,11 +2,13 @@
 
     rows = regenerate(examples, samples=1, ask=ask)
     # ask([(messages, sample), ...]) -> [{"response", "finish_reason", "completion_tokens"} | None, ...]
+    #                                     (a failed call: {"finish_reason": "error", "error": why} or None)
 
 Turn k of every conversation is asked in one batch, after turn k-1 of all of them, so a batched or concurrent
 teacher stays busy. The conversation the teacher sees holds the user's turns and the teacher's own earlier
 replies (the row's original assistant turns are only references). A conversation whose turn fails stops there
-and yields a failed row (finish_reason "error", which the `nonempty` filter rejects).
+and yields a failed row (finish_reason "error", which the `nonempty` filter rejects, and "error": the reason,
+the server's message when it sent one), counted like any failed row by generation's min_success_ratio gate.
 
 Each row is shaped like the generate stage's other rows: ``messages`` (everything before the last reply),
 ``output`` (the last reply), plus ``turn_outputs`` (every reply, in order) and ``references`` (the row's
@@ -52,7 +54,9 @@ def regenerate(examples: list[Example], samples: int, ask: Ask) -> list[dict[str
         for st, msgs, rep in zip(batch, asked, replies, strict=True):
             st["replies"].append(rep)
             if rep is None or rep.get("finish_reason") == "error" or not (rep.get("response") or "").strip():
-                st["failed"] = True
+                empty = rep is not None and rep.get("finish_reason") != "error"
+                why = "the teacher's reply is empty" if empty else (rep or {}).get("error") or "no answer"
+                st["failed"] = f"turn {turn + 1}: {why}"
                 continue
             st["conv"] = [*msgs, {"role": "assistant", "content": rep["response"]}]
         live = [st for st in batch if not st.get("failed")]
@@ -69,7 +73,7 @@ def _row(st: dict[str, Any]) -> dict[str, Any]:
     finish = "error" if failed else last["finish_reason"]
     if not failed and any(r and r.get("finish_reason") == "length" for r in replies):
         finish = "length"  # an earlier turn cut off: the conversation is not one the student should learn
-    return {
+    row = {
         "id": ex.id,
         "sample": st["sample"],
         "messages": conv[:-1] if not failed else ex.messages,
@@ -77,13 +81,19 @@ def _row(st: dict[str, Any]) -> dict[str, Any]:
         "finish_reason": finish,
         "completion_tokens": None if failed else last.get("completion_tokens"),
         "reference": ex.reference,
-        "turn_outputs": [r["response"] if r else None for r in replies],
+        "turn_outputs": [r.get("response") if r else None for r in replies],
         "references": st["refs"],
     }
+    if failed:
+        row["error"] = st.get("failed") if isinstance(st.get("failed"), str) else "no answer"
+    return row
 
 
-def generate_split(spec: Any, task: Any, examples: list[Example], answerer: Any, rd: Any, split: str) -> dict[str, Any]:
-    """The generate stage for one conversation split: turn by turn through the request cache (resumable)."""
+def generate_split(
+    spec: Any, task: Any, examples: list[Example], answerer: Any, rd: Any, split: str
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The generate stage for one conversation split, turn by turn through the request cache (resumable):
+    (counts, failure reason -> failed conversations), for the min_success_ratio gate."""
     from .generate import build_request
 
     asked = cached = 0
@@ -93,11 +103,17 @@ def generate_split(spec: Any, task: Any, examples: list[Example], answerer: Any,
         reqs = [build_request(spec, task, Example(f"turn-{i}", msgs), s) for i, (msgs, s) in enumerate(batch)]
         ans = answerer.answer(reqs, split)
         asked, cached = asked + len(reqs), cached + len(ans.from_cache & {r.key for r in reqs})
-        return [ans.rows.get(r.key) for r in reqs]
+        failed = {"finish_reason": "error", "response": None}
+        return [ans.rows.get(r.key) or {**failed, "error": ans.failures.get(r.key, "no answer")} for r in reqs]
 
     rows = regenerate(examples, spec.generation.samples, ask)
     with rd.open_jsonl(rd.outputs / f"{split}.jsonl") as write:
         for row in rows:
             write(row)
-    rd.event("generate", "split", split=split, requests=asked, cached=cached, conversations=len(rows))
-    return {"prompts": asked, "from_cache": cached}
+    reasons: dict[str, int] = {}
+    for row in rows:
+        if "error" in row:
+            reasons[row["error"]] = reasons.get(row["error"], 0) + 1
+    failed = sum(reasons.values())
+    rd.event("generate", "split", split=split, requests=asked, cached=cached, conversations=len(rows), failed=failed)
+    return {"prompts": asked, "from_cache": cached, "conversations": len(rows), "failed": failed}, reasons
