@@ -128,7 +128,7 @@ def test_hidden_state_matching(tiny_models: dict, tmp_path: Path) -> None:
     _train(d, rd, hidden={"loss": "cosine", "layer_map": {1: 2}}, kd={"source": "teacher"}, num_epochs=4)
     steps = _steps(rd)
     assert steps[-1]["hidden"] < steps[0]["hidden"]
-    ck = sorted((rd / "student" / "checkpoints").glob("step-*"))[-1]
+    ck = sorted((rd / "checkpoints").glob("step-*"))[-1]
     extra = torch.load(ck / "state.pt", weights_only=False)["extra"]
     assert list(extra) == ["1.weight"] and extra["1.weight"].shape == (32, 16)  # teacher 32 ← student 16
 
@@ -143,7 +143,7 @@ def test_lora_saves_only_the_adapter_and_merges_to_the_same_outputs(tiny_models:
     adapter = load_file(rd / "student" / "adapter" / "adapter_model.safetensors")
     assert adapter and all("lora_" in k for k in adapter)
     # the checkpoint holds only the adapter's trainable tensors (the frozen base never changes)
-    ck = sorted((rd / "student" / "checkpoints").glob("step-*"))[-1]
+    ck = sorted((rd / "checkpoints").glob("step-*"))[-1]
     assert all("lora_" in k for k in torch.load(ck / "state.pt", weights_only=False)["model"])
     merged = AutoModelForCausalLM.from_pretrained(rd / "student").eval()
     ids = torch.tensor([[5, 9, 17, 30, 41, 2]])

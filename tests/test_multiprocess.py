@@ -48,4 +48,4 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_models:
     w2 = load_file(two / "student" / "model.safetensors")
     w1 = load_file(one / "student" / "model.safetensors")
     assert w2.keys() == w1.keys() and all(torch.allclose(w2[k], w1[k], atol=1e-5) for k in w1)
-    assert not list((two / "student").glob(".tmp*")) and not list((two / "student" / "checkpoints").glob(".tmp*"))
+    assert not list((two / "student").glob(".tmp*")) and not list((two / "checkpoints").glob(".tmp*"))

@@ -86,25 +86,28 @@ def check_inputs(spec: JobSpec) -> dict[str, int]:
     return counts
 
 
+_HELD: set[Path] = set()  # run folders this process holds the lock of (run_lock nests)
+
+
 @contextlib.contextmanager
-def _lock(rd: RunDir) -> Iterator[None]:
-    if not rd.writer:
+def run_lock(rd: RunDir) -> Iterator[None]:
+    """Hold the run folder's lock (``.lock``, flock) for the block; another process gets a clear error at once.
+    Re-entrant within a process (the demo holds it around several pipeline calls)."""
+    key = rd.root.resolve()
+    if not rd.writer or key in _HELD:  # rank > 0 writes nothing; a nested call: this process holds it
         yield
         return
-    with open(rd.root / ".lock", "w") as f:
+    rd.root.mkdir(parents=True, exist_ok=True)
+    with open(rd.root / ".lock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PotstillError(f"{rd.root} is in use by another potstill process; wait for it or stop it") from None
-        yield
-
-
-def prepare(spec: JobSpec, run_dir: str | os.PathLike[str]) -> RunDir:
-    check_inputs(spec)
-    rd = RunDir(Path(run_dir))
-    rd.create()
-    rd.write_text(rd.job_yaml, yaml.safe_dump(spec.public_dict(), sort_keys=False))
-    return rd
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
 
 
 def run_pipeline(
@@ -114,35 +117,43 @@ def run_pipeline(
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> RunDir:
+    """Run the stages (all, or ``only``) in order under the folder's lock; nothing is written before it is held."""
     log = log or (lambda msg: None)
-    rd = prepare(spec, run_dir)
-    fps = fingerprints(spec)
-    with _lock(rd):
-        for name in STAGES:
-            if only is not None and name not in only:
-                continue
-            if only is not None:
-                missing = [p for p in STAGES[: STAGES.index(name)] if not rd.is_done(p, fps[p])]
-                if missing:
-                    raise PotstillError(
-                        f"stage {name!r} needs {missing[0]!r} first: run `potstill {missing[0]} {rd.root}` "
-                        f"or `potstill run {rd.job_yaml} --run-dir {rd.root}`"
-                    )
-            if not force and rd.is_done(name, fps[name]):
-                log(f"{name}: done earlier, inputs unchanged (skipped)")
-                continue
-            rd.mark_running(name, fps[name])
-            rd.event(name, "stage_start")
-            log(f"{name}: running")
-            try:
-                counts = _stage_fn(name)(spec, rd)
-            except BaseException as exc:
-                rd.mark_failed(name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                rd.event(name, "stage_failed", error=str(exc)[:500])
-                raise
-            rd.mark_done(name, fps[name], **counts)
-            rd.event(name, "stage_done", **counts)
-            later = STAGES[STAGES.index(name) + 1 :]
-            stale = [n for n in later if rd.stage(n).get("status") == "done" and not rd.is_done(n, fps[n])]
-            rd.invalidate(stale)
+    check_inputs(spec)
+    rd = RunDir(Path(run_dir))
+    with run_lock(rd):
+        rd.create()
+        rd.write_text(rd.job_yaml, yaml.safe_dump(spec.public_dict(), sort_keys=False))
+        _run_stages(spec, rd, only, force, log)
     return rd
+
+
+def _run_stages(spec: JobSpec, rd: RunDir, only: list[str] | None, force: bool, log: Callable[[str], None]) -> None:
+    fps = fingerprints(spec)
+    for name in STAGES:
+        if only is not None and name not in only:
+            continue
+        if only is not None:
+            missing = [p for p in STAGES[: STAGES.index(name)] if not rd.is_done(p, fps[p])]
+            if missing:
+                raise PotstillError(
+                    f"stage {name!r} needs {missing[0]!r} first: run `potstill {missing[0]} {rd.root}` "
+                    f"or `potstill run {rd.job_yaml} --run-dir {rd.root}`"
+                )
+        if not force and rd.is_done(name, fps[name]):
+            log(f"{name}: done earlier, inputs unchanged (skipped)")
+            continue
+        rd.mark_running(name, fps[name], fresh=force)
+        rd.event(name, "stage_start")
+        log(f"{name}: running")
+        try:
+            counts = _stage_fn(name)(spec, rd)
+        except BaseException as exc:
+            rd.mark_failed(name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            rd.event(name, "stage_failed", error=str(exc)[:500])
+            raise
+        rd.mark_done(name, fps[name], **counts)
+        rd.event(name, "stage_done", **counts)
+        later = STAGES[STAGES.index(name) + 1 :]
+        stale = [n for n in later if rd.stage(n).get("status") == "done" and not rd.is_done(n, fps[n])]
+        rd.invalidate(stale)

@@ -65,7 +65,8 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.student / "checkpoints"
+        """Resumable training state, beside student/ so that student/ can be swapped in whole."""
+        return self.root / "checkpoints"
 
     @property
     def eval(self) -> Path:
@@ -86,6 +87,7 @@ class RunDir:
     def create(self) -> None:
         if not self.writer:
             return
+        recover_dir(self.student)  # a crash between the two renames of the student's swap
         for d in (self.teacher, self.outputs, self.data, self.student, self.eval, self.report, self.logs):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -122,8 +124,21 @@ class RunDir:
         st["updated"] = time.time()
         self.write_json(self.state_path, st)
 
-    def mark_running(self, name: str, fingerprint: str) -> None:
-        self._update_stage(name, status="running", fingerprint=fingerprint, started=time.time(), finished=None)
+    def mark_running(self, name: str, fingerprint: str, fresh: bool = False) -> str:
+        """Mark ``name`` running; returns its attempt id. An unfinished earlier attempt with the same fingerprint
+        is continued (its journal resumes: the request cache, the training checkpoints) unless ``fresh``."""
+        prev = self.stage(name)
+        same = prev.get("fingerprint") == fingerprint and prev.get("status") in ("running", "failed")
+        attempt = prev.get("attempt") if same and not fresh and prev.get("attempt") else os.urandom(4).hex()
+        self._update_stage(
+            name, status="running", fingerprint=fingerprint, attempt=attempt, started=time.time(), finished=None
+        )
+        return str(attempt)
+
+    def attempt_key(self, name: str) -> str:
+        """``fingerprint:attempt`` of the stage's current attempt: what its resumable state is tied to."""
+        s = self.stage(name)
+        return f"{s.get('fingerprint')}:{s.get('attempt')}"
 
     def mark_done(self, name: str, fingerprint: str, **counts: Any) -> None:
         started = self.stage(name).get("started") or time.time()
@@ -179,48 +194,84 @@ class RunDir:
 
 
 # -------------------------------------------------------------------- helpers
+_UMASK: int | None = None
+
+
+def _file_mode() -> int:
+    """0666 less the process's umask: what open() would give a new file (mkstemp gives 0600)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a finished folder into place: a crash leaves the old folder or none, never a half-written one."""
+    """Swap a finished folder into place: a crash leaves the old folder or the new one, never a half-written
+    one (between the two renames the old one waits as ``.NAME.old``, which ``recover_dir`` puts back)."""
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+def recover_dir(final: Path) -> None:
+    """After a crash between atomic_replace_dir's two renames, put the previous folder back."""
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.exists():
+        old.rename(final)
 
 
 @contextlib.contextmanager
-def atomic_jsonl(path: Path, enabled: bool = True) -> Iterator[Any]:
+def atomic_open(path: Path, enabled: bool = True) -> Iterator[Any]:
+    """A text file written to a temp name in the same folder, fsync'd, then renamed over ``path`` (and the
+    folder fsync'd): readers see the old file or the whole new one. Mode as open() gives (the umask applies)."""
     if not enabled:
-        yield lambda obj: None
+        with open(os.devnull, "w", encoding="utf-8") as null:
+            yield null
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield lambda obj: f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_jsonl(path: Path, enabled: bool = True) -> Iterator[Any]:
+    with atomic_open(path, enabled) as f:
+        yield lambda obj: f.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

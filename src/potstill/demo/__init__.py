@@ -161,16 +161,31 @@ def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def default_run_dir(quick: bool) -> Path:
+    """Where `potstill demo` writes: the full demo and --quick never share a student."""
+    return Path("runs/demo-quick" if quick else "runs/demo")
+
+
 def run_demo(run_dir: Path, quick: bool = False, log: Callable[[str], None] | None = None) -> Path:
-    """Build the demo's data and student, then run the whole pipeline on them; returns the run dir."""
+    """Build the demo's data and student, then run the whole pipeline on them; returns the run dir.
+    The full demo and ``quick`` write to different folders by default (runs/demo, runs/demo-quick); sharing one
+    is safe too: each stage's fingerprint covers the splits, so a changed size trains a new student."""
+    from ..pipeline import run_lock
+    from ..run_dir import RunDir
+
+    log = log or (lambda m: None)
+    run_dir = Path(run_dir)
+    with run_lock(RunDir(run_dir)):  # the assets too are written under the run folder's lock
+        return _run_demo(run_dir, quick, log)
+
+
+def _run_demo(run_dir: Path, quick: bool, log: Callable[[str], None]) -> Path:
     import yaml
 
     from ..config import validate_spec
     from ..pipeline import run_pipeline
     from ..run_dir import RunDir
 
-    log = log or (lambda m: None)
-    run_dir = Path(run_dir)
     assets = run_dir / "assets"
     build_assets(assets, quick, log)
     spec_dict = demo_spec(assets.resolve(), quick)

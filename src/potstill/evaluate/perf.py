@@ -144,10 +144,13 @@ def local_folder(model: str | os.PathLike[str]) -> Path | None:
         return None
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".onnx", ".data", ".onnx_data")
+
+
 def size_on_disk_mb(path: str | os.PathLike[str]) -> float | None:
-    """Weights on disk (safetensors, bin, pt, gguf, onnx), in MiB; None when the files are not local."""
+    """Weights on disk (safetensors, bin, pt, gguf, onnx and its external .data), in MiB; None when the files
+    are not local. The one measure used by evaluation, export manifests and model cards."""
     p = local_folder(path)
     if p is None:
         return None
-    exts = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
-    return sum(f.stat().st_size for f in p.glob("*") if f.suffix in exts) / 2**20
+    return sum(f.stat().st_size for f in p.glob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES) / 2**20

@@ -18,6 +18,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,14 @@ class Dist:
     def unwrap(self, model: Any) -> Any:
         return self.acc.unwrap_model(model) if self.acc else model
 
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every process."""
+        if not self.acc or self.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([obj], from_process=0)[0]
+
     def barrier(self) -> None:
         if self.acc:
             self.acc.wait_for_everyone()
@@ -112,8 +121,11 @@ def cpu_fanout() -> int | None:
     )
 
 
-def spawn_cpu_workers(n: int, argv: list[str]) -> int:
-    """Run ``python -m potstill *argv`` as ranks 0..n-1; the first failure stops the others. Returns the exit code."""
+def spawn_cpu_workers(n: int, argv: list[str], command: list[str] | None = None) -> int:
+    """Run ``python -m potstill *argv`` (or ``command + argv``) as ranks 0..n-1 and return the exit code. The first
+    worker that fails stops the others at once (a rank left waiting in a collective would otherwise hang until
+    the gloo timeout)."""
+    command = command or [sys.executable, "-m", "potstill"]
     procs = []
     for rank in range(n):
         env = {
@@ -124,16 +136,25 @@ def spawn_cpu_workers(n: int, argv: list[str]) -> int:
             "LOCAL_WORLD_SIZE": str(n),
             "MASTER_PORT": os.environ.get("MASTER_PORT", "29500"),
         }
-        procs.append(subprocess.Popen([sys.executable, "-m", "potstill", *argv], env=env))
+        procs.append(subprocess.Popen([*command, *argv], env=env))
     rc = 0
     try:
-        for p in procs:
-            code = p.wait()
-            if code and not rc:
-                rc = code
+        while None in (codes := [p.poll() for p in procs]):  # poll every worker, every round
+            failed = [c for c in codes if c]
+            if failed:
+                rc = failed[0]
                 for q in procs:
                     if q.poll() is None:
                         q.terminate()
+                break
+            time.sleep(0.05)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        rc = rc or next((p.returncode for p in procs if p.returncode), 0)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -3,11 +3,14 @@
     run_train(spec, run_dir)     # potstill train RUN_DIR; under `accelerate launch` one process per device
 
 student/ holds the best weights (lowest validation loss), merged when LoRA was used (the adapter alone in
-student/adapter/), the tokenizer, and training_summary.json; student/checkpoints/ the resumable state.
+student/adapter/), the tokenizer, and training_summary.json; it is written as a new folder and swapped in whole.
+checkpoints/ (beside it) holds the resumable state, tied to this attempt of the stage (RunDir.attempt_key): a
+changed input or --force starts from the untouched student, a crashed attempt resumes.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ import torch
 
 from ..config import JobSpec, LoraSpec
 from ..errors import TrainingError
-from ..run_dir import RunDir, read_jsonl
+from ..run_dir import RunDir, atomic_replace_dir, atomic_write_text, read_jsonl
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype, quiet_transformers
 from .data import EncodedRow, encode_chat
 from .dist import Dist
@@ -181,12 +184,14 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
             trackers.log(event, kw)
 
     try:
-        result = fit(model, train_rows, val_rows, cfg, tok.pad_token_id, rd.checkpoints, log, distiller, dist)
+        key = dist.broadcast(rd.attempt_key("train"))  # rank 0's: state.json may lag on the others
+        result = fit(
+            model, train_rows, val_rows, cfg, tok.pad_token_id, rd.checkpoints, log, distiller, dist, ckpt_key=key
+        )
     finally:
         if trackers is not None:
             trackers.close()
-    save_student(model, tok, rd, dist, lora=st.lora is not None)
-    rd.write_json(rd.student / "training_summary.json", dict(result.items()))
+    save_student(model, tok, rd, dist, lora=st.lora is not None, summary=dict(result.items()))
     return {
         "rows": n_examples,
         "val_rows": len(val_rows),
@@ -200,13 +205,14 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     }
 
 
-def save_student(model: Any, tok: Any, rd: RunDir, dist: Dist, lora: bool) -> None:
-    """Write the final weights to student/ (via a temp folder); LoRA: adapter/ first, then the merged model."""
+def save_student(model: Any, tok: Any, rd: RunDir, dist: Dist, lora: bool, summary: dict[str, Any]) -> None:
+    """Write the final weights as a new folder, then swap it in for student/ whole (a crash leaves the old
+    student/ or the new one); LoRA: adapter/ first, then the merged model beside it."""
     state = dist.acc.get_state_dict(model) if dist.sharded else None  # a collective: every rank takes part
     model = dist.unwrap(model)
     if not rd.writer:
         return
-    tmp = rd.student / ".tmp-final"
+    tmp = rd.root / ".student.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if lora:
         model.save_pretrained(tmp / "adapter")  # the adapter alone, then the merged model beside it
@@ -214,9 +220,5 @@ def save_student(model: Any, tok: Any, rd: RunDir, dist: Dist, lora: bool) -> No
         state = None
     model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state} if state is not None else {}))
     tok.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        dest = rd.student / f.name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        f.replace(dest)
-    tmp.rmdir()
+    atomic_write_text(tmp / "training_summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_replace_dir(tmp, rd.student)

@@ -9,8 +9,9 @@ of the step, so accumulation and process count do not change the result:
     loss = (1 - alpha) * CE/N_target + alpha * KD/N_kd + weight * HIDDEN/N_tokens
 Validation loss (cross-entropy on the validation rows) every ``eval_every`` steps and at each epoch's end;
 early stopping after ``patience`` validations without improvement; the best weights are restored at the end.
-Checkpoints (checkpoint.py) every ``save_every`` steps and at the end; after kill -9 the next run resumes from
-the newest and sees the batches an uninterrupted run would have seen.
+Checkpoints (checkpoint.py) every ``save_every`` steps and at the end, each under ``ckpt_key``; after kill -9
+the next run with the same key resumes from the newest readable one and sees the batches an uninterrupted run
+would have seen. A different key never resumes: it trains from the model as given.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ import torch
 
 from ..errors import TrainingError
 from .checkpoint import (
-    latest_checkpoint,
-    load_state,
+    load_best,
+    load_latest,
     load_trainable,
     rng_state,
     save_best,
@@ -210,6 +211,7 @@ def fit(
     log: Log | None = None,
     distiller: Distiller | None = None,
     dist: Dist | None = None,
+    ckpt_key: str = "",
 ) -> dict[str, Any]:
     """Train ``model`` in place (the best weights when there is validation data).
 
@@ -243,8 +245,8 @@ def fit(
     history: list[dict[str, Any]] = []
     resumed_from, stopped = None, False
     stopper = _Stopper(cfg)
-    if (ck := latest_checkpoint(ckpt_dir)) is not None:
-        st = load_state(ck)
+    if (found := load_latest(ckpt_dir, ckpt_key, log)) is not None:
+        ck, st = found
         if dist.sharded:
             dist.acc.load_state(str(ck / "sharded"))
         else:
@@ -327,7 +329,7 @@ def fit(
                     if ckpt_dir is None:
                         best_mem = best["model"]
                     elif writer:
-                        save_best(ckpt_dir, best)
+                        save_best(ckpt_dir, best, ckpt_key)
                 if stopper.stop:
                     stopped = True
                     log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=round(stopper.best or 0, 5))
@@ -350,7 +352,7 @@ def fit(
                 }
                 if dist.sharded or writer:
                     path = save_checkpoint(
-                        ckpt_dir, step, state, cfg.keep_checkpoints, dist.acc if dist.sharded else None
+                        ckpt_dir, step, state, cfg.keep_checkpoints, ckpt_key, dist.acc if dist.sharded else None
                     )
                     log("checkpoint", step=step, path=path.name)
         if pos >= len(batches):
@@ -358,8 +360,8 @@ def fit(
     dist.barrier()
     if val_rows and cfg.restore_best and stopper.best_step is not None and stopper.best_step != step:
         best_state = best_mem
-        if best_state is None and ckpt_dir is not None and (ckpt_dir / "best" / "state.pt").exists():
-            best_state = load_state(ckpt_dir / "best")["model"]
+        if best_state is None and (saved := load_best(ckpt_dir, ckpt_key)) is not None:
+            best_state = saved["model"]
         if best_state is not None:
             load_trainable(dist.unwrap(model), best_state)
             log("best_restored", step=stopper.best_step, val_loss=round(stopper.best or 0, 5))
