@@ -51,6 +51,12 @@ MATH = [
     ("", None),
     ("Answer: none", None),
     ("In 2023 she was 30; #### 31", "31"),
+    ("#### Step 2\nShe adds 5 and 13.\n**Answer:** 18", "18"),  # a markdown heading is not GSM8K's '####'
+    ("#### Step 2\nShe adds 5 and 13.", None),
+    ("She adds 5 and 13.\n\n**Step 3**", None),  # a bold heading's counter is no result
+    ("Q: How many?\nA: 18", "18"),
+    ("Which sum is right?\nA: 12\nB: 18\nThe sum is 18.", None),  # 'A:' lines listing options are no answer
+    ("Part 1 is 12 = 5 + 7.\nShe then buys more.", None),  # '= N' counts only ending the last line
 ]
 
 
@@ -75,6 +81,8 @@ NLI = [
     ("Answer: entailment (not contradiction)", "entailment"),
     ("I cannot tell.", None),
     ("yes", None),
+    ("Contradiction.\n\nHe cannot sleep and run; entailment would need both.", "contradiction"),
+    ("<think>It might be entailment", None),  # cut off while thinking: no answer yet
 ]
 
 
@@ -100,6 +108,10 @@ CHOICE = [
     ("Reasoning: water boils at 100 °C.\nAnswer: B", "B"),
     ("A good guess.", None),
     ("Paris", None),
+    ("The best choice is **B**.", "B"),
+    ("B is correct: water boils at 100 °C.", "B"),
+    ("<think>I lean to (B).</think>\nThe correct choice is C.", "C"),
+    ("The best choice is a tough one.", None),
 ]
 
 

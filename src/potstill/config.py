@@ -14,19 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from .config_errors import format_problems, suggest, yaml_lines
+from .config_errors import _Strict, format_problems, suggest, yaml_lines
 from .config_remote import AzureOpenAITeacher, OpenAITeacher
 from .errors import ConfigError
 from .filter_spec import FILTER_NAMES, filter_options
 
 TaskType = Literal["nli", "qa", "math", "conversation", "summarization"]
 TASK_TYPES: tuple[str, ...] = typing.get_args(TaskType)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 # --------------------------------------------------------------------------------------------- teacher
@@ -77,6 +73,19 @@ class PromptSpec(_Strict):
         "not chat rows); default: the row format's own",
     )
     max_words: int = Field(80, ge=1, le=100000, description="summarization: the summary's word limit in the prompt")
+    answer_marker: str | None = Field(
+        None,
+        description="where the teacher's answer starts, e.g. 'Verdict:': the text after its last occurrence is the "
+        "answer (the task reads its number, label or letter); tried before the task's own parser, everywhere "
+        "answers are read (validation, answer_check, self-consistency, evaluation)",
+    )
+
+    @field_validator("answer_marker")
+    @classmethod
+    def _marker_has_text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("answer_marker must hold some text, e.g. 'Verdict:' or 'Final count:'")
+        return v
 
 
 class GenerationSpec(_Strict):
@@ -182,7 +191,7 @@ class ExtraModel(_Strict):
 
 
 class EvaluationSpec(_Strict):
-    metrics: list[Literal["accuracy", "bleu", "rouge", "latency", "memory"]] = ["accuracy", "latency", "memory"]
+    metrics: list[Literal["accuracy", "bleu", "rouge", "latency", "memory"]] = Field(["accuracy", "latency", "memory"])
     baseline: bool = Field(True, description="also evaluate the untouched student")
     teacher: bool = Field(True, description="also evaluate the teacher")
     models: list[ExtraModel] = Field([], description="extra local models to evaluate: [{name, model, tokenizer?}]")
@@ -216,7 +225,7 @@ class JobSpec(_Strict):
     data: DataSpec
     prompts: PromptSpec = PromptSpec()
     generation: GenerationSpec = GenerationSpec()
-    filters: list[str | dict[str, Any]] = ["nonempty", "parse", "max_tokens"]
+    filters: list[str | dict[str, Any]] = Field(["nonempty", "parse", "max_tokens"])
     hyperparameters: Hyperparameters = Hyperparameters()
     evaluation: EvaluationSpec = EvaluationSpec()
 
@@ -245,7 +254,8 @@ class JobSpec(_Strict):
                 except ValidationError as exc:
                     for e in exc.errors(include_url=False):
                         field = ".".join(str(x) for x in e["loc"])
-                        problems.append(f"filters[{i}].{name}.{field}: {e['msg']} (got {e.get('input')!r})")
+                        msg = e["msg"].removeprefix("Value error, ")
+                        problems.append(f"filters[{i}].{name}.{field}: {msg} (got {e.get('input')!r})")
                 except ValueError as exc:
                     problems.append(f"filters[{i}]: {exc}")
         if problems:

@@ -2,6 +2,8 @@
 closest valid name for a typo.
 
     format_problems(exc, JobSpec, "job.yaml", yaml_lines(text))  -> ["job.yaml:5: teacher.modle: unknown ...", ...]
+
+Also home of ``_Strict``, the one base of every spec model (extra="forbid": the errors formatted here).
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import typing
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class _Strict(BaseModel):
+    """The base of every spec model (config.py, config_remote.py, filter_spec.py): an unknown field is an error,
+    reported by format_problems with the closest valid name; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def format_problems(

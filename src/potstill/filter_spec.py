@@ -1,7 +1,7 @@
 """The `filters:` part of the job spec: each filter's settings (pydantic, extra="forbid") and their shorthands.
 
     filter_steps(["parse", {"length": 50}, {"balance": 0.4}])
-    # -> [("parse", None), ("length", LengthFilter(max=50)), ("balance", BalanceFilter(max_share=0.4))]
+    # -> [("parse", ParseFilter()), ("length", LengthFilter(max=50)), ("balance", BalanceFilter(max_share=0.4))]
 
 A filter is a plain name (default settings), `{name: scalar}` (sets its main field, FILTER_OPTIONS says which)
 or `{name: {field: value, ...}}`. The filters themselves live in data/checks.py.
@@ -12,13 +12,41 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
+
+from .config_errors import _Strict
 
 __all__ = ["FILTER_NAMES", "FILTER_OPTIONS", "filter_options", "filter_steps"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+def _compiles(p: str) -> re.Pattern[str]:
+    try:
+        return re.compile(p, re.MULTILINE)
+    except re.error as exc:
+        raise ValueError(f"pattern {p!r} is not a valid regular expression ({exc})") from None
+
+
+class ParseFilter(_Strict):
+    pattern: str | None = Field(
+        None,
+        description="where the answer is: a regular expression with exactly one group around it, e.g. "
+        "'Verdict:\\s*(.+)$', searched in the whole output with ^ and $ matching at every line (the last match "
+        "wins); its group is read by the task (number, label, letter or text). Outputs it does not match are "
+        "read by the task's own parser. Also used by answer_check, self_consistency and evaluation",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _one_group(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        groups = _compiles(v).groups
+        if groups != 1:
+            raise ValueError(
+                f"pattern {v!r} has {groups} capture groups; it needs exactly one, around the answer "
+                "(write other groups as (?:...))"
+            )
+        return v
 
 
 class AnswerCheckFilter(_Strict):
@@ -54,12 +82,9 @@ class RefusalFilter(_Strict):
 
     @field_validator("patterns")
     @classmethod
-    def _compiles(cls, v: list[str]) -> list[str]:
+    def _all_compile(cls, v: list[str]) -> list[str]:
         for p in v:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"pattern {p!r} is not a valid regular expression ({exc})") from None
+            _compiles(p)
         return v
 
 
@@ -75,7 +100,7 @@ class MaxTokensFilter(_Strict):
 # name -> (options model, the field a scalar shorthand sets: `{balance: 0.4}` = `{balance: {max_share: 0.4}}`)
 FILTER_OPTIONS: dict[str, tuple[type[BaseModel] | None, str | None]] = {
     "nonempty": (None, None),
-    "parse": (None, None),
+    "parse": (ParseFilter, "pattern"),
     "max_tokens": (MaxTokensFilter, "max_tokens"),
     "answer_check": (AnswerCheckFilter, "tolerance"),
     "self_consistency": (SelfConsistencyFilter, "min_agreement"),

@@ -3,7 +3,7 @@
 Filters run in the order the job lists them (settings in config.py, code in data/checks.py); a row rejected by
 one filter is not seen by the next.
     nonempty                          the output has text
-    parse                             the task's parser extracts an answer
+    parse / {parse: {pattern: R}}     an answer can be extracted (R, prompts.answer_marker: the job's own place)
     max_tokens / {max_tokens: N}      not cut off (finish_reason "length"), at most N tokens
     answer_check                      the answer matches the row's gold answer (rows without one pass)
     self_consistency                  the prompt's samples agree on a majority answer; one sample carrying it is kept
@@ -12,15 +12,21 @@ one filter is not seen by the next.
     refusal                           refusal and apology patterns
     balance                           no label (NLI, multiple-choice letter) above max_share of the kept rows
 
+When a filter rejects more than half of the rows it sees, the stage logs a warning (logger "potstill"; the
+same lines land in filter_report.json's "warnings") with three rejected outputs' last 80 characters and the
+setting to change; when no training row is left, those lines are part of the DataError.
+
 Writes data/train.jsonl and data/validation.jsonl (chat rows: the prompt + the teacher's answer as the assistant
 turn, shaped by generation.cot), data/rejected.jsonl (each dropped output with filter and reason) and
 data/filter_report.json:
     {"filters": [...], "splits": {split: {"rows_in", "kept", "rejected", "rejected_by_filter", "reasons",
-     "funnel": [{"filter", "in", "rejected", "out"}], "labels_before", "labels_after", "training_rows"}}}
+     "funnel": [{"filter", "in", "rejected", "out"}], "labels_before", "labels_after", "training_rows",
+     "warnings"}}}
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -31,6 +37,43 @@ from ..run_dir import RunDir, read_jsonl
 from .checks import Row, make_step
 from .cot import targets
 from .tasks import Task, task_for
+
+log = logging.getLogger("potstill")
+
+_READ_ANSWERS = (
+    "if the teacher marks its answer its own way, set prompts.answer_marker (the text before the answer, e.g. "
+    "'Verdict:') or filters: [{parse: {pattern: 'Verdict:\\s*(.+)$'}}] (a regex with one group around the answer)"
+)
+HINTS = {  # filter -> what to change when it rejects most rows
+    "nonempty": "the teacher gave no text: see the failures in teacher/outputs/ and the generate stage's log",
+    "parse": f"no answer found where the task's parser looks; {_READ_ANSWERS}",
+    "answer_check": f"answers differ from the gold ones; if they were misread, {_READ_ANSWERS}; "
+    "else check the teacher, or {answer_check: {tolerance: ...}}",
+    "self_consistency": f"samples disagree: lower {{self_consistency: ...}} or raise generation.samples; "
+    f"if answers were misread, {_READ_ANSWERS}",
+    "max_tokens": "outputs were cut off or too long: raise generation.max_tokens or {max_tokens: N}",
+    "length": "outputs fall outside the range: widen {length: {min: ..., max: ...}}",
+    "dedup": "outputs repeat: raise {dedup: {near: ...}} (null: exact duplicates only) or generation.temperature",
+    "refusal": "the teacher refused: change prompts.system, or {refusal: ...}'s patterns if these are no refusals",
+    "balance": "one label dominates: raise {balance: ...} (max_share)",
+}
+
+
+def heavy_rejections(split: str, funnel: list[dict[str, Any]], rejected: list[tuple[Row, str, str]]) -> list[str]:
+    """One message per filter that rejected more than half of the rows it saw: three examples and the fix."""
+    out = []
+    for step in funnel:
+        name, seen, dropped = step["filter"], step["in"], step["rejected"]
+        if seen == 0 or 2 * dropped <= seen:
+            continue
+        mine = [r for r, f, _ in rejected if f == name]
+        tails = [(r.get("output") or "") for r in mine[:3]]
+        examples = "\n".join(f"    {'...' if len(t) > 80 else ''}{t[-80:]!r}" for t in tails)
+        out.append(
+            f"filter {name!r} rejected {dropped} of {seen} {split} outputs; e.g. (their last 80 characters):\n"
+            f"{examples}\n  fix: {HINTS.get(name, 'relax this filter in `filters`')}"
+        )
+    return out
 
 
 def apply_filters(
@@ -116,11 +159,21 @@ def run_validate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                 "labels_before": label_counts(rows, task),
                 "labels_after": label_counts(kept, task),
                 "training_rows": n_train,
+                "warnings": heavy_rejections(split, funnel, rejected),
             }
     rd.write_json(rd.data / "filter_report.json", report)
-    if report["splits"]["train"]["kept"] == 0:
+    train = report["splits"]["train"]
+    if train["kept"] == 0:
         raise DataError(
-            f"no teacher output passed validation ({report['splits']['train']['rows_in']} rows in); "
-            "see data/rejected.jsonl for the reasons, then fix the teacher or relax `filters`"
+            "\n".join(
+                [
+                    f"no teacher output passed validation ({train['rows_in']} rows in); see data/rejected.jsonl "
+                    "for the reasons, then fix the teacher or relax `filters`",
+                    *train["warnings"],
+                ]
+            )
         )
+    for split in report["splits"].values():
+        for warning in split["warnings"]:
+            log.warning("warning: validate: %s", warning)
     return {s: {"in": v["rows_in"], "kept": v["kept"]} for s, v in report["splits"].items()}
