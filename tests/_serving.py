@@ -1,4 +1,5 @@
-"""Test helpers: a tiny run folder on disk, and a real uvicorn server on 127.0.0.1 in a background thread."""
+"""Test helpers: a tiny run folder on disk, a real uvicorn server on 127.0.0.1 in a background thread, and two
+stand-ins for a served model that let a test hold the engine still (Gated) or keep a row decoding (Stalling)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,58 @@ def make_run(tiny_models: dict[str, Path], root: Path, student: Path | None = No
     (root / "eval").mkdir(exist_ok=True)
     (root / "eval" / "results.json").write_text(json.dumps(results))
     return root
+
+
+def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
+    """Poll ``cond()`` until true; fail after ``limit`` seconds (a hang guard, not a timing assertion)."""
+    deadline = time.time() + limit
+    while not cond():
+        if time.time() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+class Gated:
+    """A LoadedModel whose ``run`` waits until ``gate`` is set; ``batches`` lists the rows of each batch entered."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm, self.gate, self.batches = lm, threading.Event(), []
+
+    def run(self, rows: list[Any]) -> Any:
+        self.batches.append(rows)
+        if not self.gate.wait(60):
+            raise RuntimeError("the test never opened the gate")
+        return self.lm.run(rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lm, name)
+
+
+class Stalling:
+    """A LoadedModel that never stops by itself (no stop tokens) and, after ``after`` forward steps, holds each
+    step until every row of the batch is cancelled (60 s at most, then it runs on to max_tokens). So a row that the
+    server cancels ends with finish_reason "cancelled" and about ``after`` tokens, deterministically."""
+
+    def __init__(self, lm: Any, after: int = 4) -> None:
+        self.lm, self.after, self.stalled = lm, after, threading.Event()
+
+    def run(self, rows: list[Any]) -> Any:
+        from potstill.server.decode import decode
+
+        inner, steps, stalled, after = self.lm.backend, 0, self.stalled, self.after
+
+        class Backend:
+            def forward(self, *args: Any) -> Any:
+                nonlocal steps
+                steps += 1
+                if steps > after:
+                    stalled.set()
+                    deadline = time.time() + 60
+                    while not all(r.cancelled for r in rows) and time.time() < deadline:
+                        time.sleep(0.005)
+                return inner.forward(*args)
+
+        return decode(Backend(), self.lm.tokenizer, rows, [], self.lm.pad_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.lm, name)

@@ -106,8 +106,9 @@ def _save_hf(model: Any, tok: Any, out: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    end = tok.convert_tokens_to_ids("<|end|>")
-    eos = sorted({i for i in (tok.eos_token_id, end if end != tok.unk_token_id else None) if isinstance(i, int)})
+    from ..decode import stop_token_ids
+
+    eos = stop_token_ids(tok)
     GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id, do_sample=False).save_pretrained(tmp)
     atomic_replace_dir(tmp, out)
 

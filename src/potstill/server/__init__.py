@@ -2,15 +2,18 @@
 
     serve("runs/support-bot")                          # the run's student/, on http://127.0.0.1:8000/v1
     serve("runs/support-bot", format="onnx-int8")      # its ONNX int8 export (run `potstill export` first)
-    serve("models/x", port=9000, api_key_env="STUDENT_KEY")
+    serve("models/x", host="0.0.0.0", port=9000, api_key_env="STUDENT_KEY")   # off loopback: a key, or insecure=True
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (stream or not). Ctrl-C / SIGTERM stops
-taking connections, lets running requests finish, then exits.
+taking connections, lets running requests finish, then exits. Guards: at most ``max_queue`` requests wait (more
+get 503 + Retry-After), a request past ``request_timeout`` seconds gets 504, a client that disconnects stops its
+decoding, and an over-large body gets a readable 413.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -39,6 +42,26 @@ def resolve_model_dir(path: str | os.PathLike[str], format: str = "auto") -> tup
     return p, p.name
 
 
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: interfaces no other machine can reach."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_host(host: str, api_key_env: str | None, insecure: bool = False) -> None:
+    """ConfigError for a non-loopback host without an API key, unless ``insecure``."""
+    if is_loopback(host) or api_key_env or insecure:
+        return
+    raise ConfigError(
+        f"--host {host} exposes the server beyond this machine without a key; "
+        "set --api-key-env NAME (the variable holding the key), or pass --insecure to serve without one"
+    )
+
+
 def load_api_key(api_key_env: str | None) -> str | None:
     if api_key_env is None:
         return None
@@ -58,19 +81,35 @@ def build_app(
     max_messages: int = 64,
     max_body_bytes: int = 1 << 20,
     max_batch: int = 8,
+    max_queue: int = 64,
+    request_timeout: float | None = 300.0,
 ) -> Any:
-    """The FastAPI app serve() runs (for embedding in another ASGI server)."""
+    """The FastAPI app serve() runs (for embedding in another ASGI server).
+
+    ``max_queue``: requests that may wait for the model (more get 503 with Retry-After); ``request_timeout``:
+    seconds from arrival to the last token (queueing included) before a 504; 0 or None: no limit.
+    """
     from .app import create_app
     from .backends import load_model
     from .protocol import Limits
 
-    if min(max_tokens, max_messages, max_body_bytes, max_batch) < 1:
-        raise ConfigError("max_tokens, max_messages, max_body_bytes and max_batch must be >= 1")
+    if min(max_tokens, max_messages, max_body_bytes, max_batch, max_queue) < 1:
+        raise ConfigError("max_tokens, max_messages, max_body_bytes, max_batch and max_queue must be >= 1")
+    if request_timeout is not None and request_timeout < 0:
+        raise ConfigError(f"request_timeout is {request_timeout}; give seconds > 0, or 0 for no limit")
     key = load_api_key(api_key_env)
     folder, default_id = resolve_model_dir(path, format)
     lm = load_model(folder, device=device)
     limits = Limits(max_body_bytes=max_body_bytes, max_messages=max_messages, max_tokens=max_tokens)
-    return create_app(lm, model_name or default_id, api_key=key, limits=limits, max_batch=max_batch)
+    return create_app(
+        lm,
+        model_name or default_id,
+        api_key=key,
+        limits=limits,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        request_timeout=request_timeout or None,
+    )
 
 
 def serve(
@@ -85,14 +124,33 @@ def serve(
     max_messages: int = 64,
     max_body_bytes: int = 1 << 20,
     max_batch: int = 8,
+    max_queue: int = 64,
+    request_timeout: float | None = 300.0,
+    insecure: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve a student over HTTP until interrupted (blocks). Binds 127.0.0.1 unless ``host`` says otherwise."""
+    """Serve a student over HTTP until interrupted (blocks). Binds 127.0.0.1 unless ``host`` says otherwise;
+    a host other than loopback needs ``api_key_env`` (or ``insecure=True``)."""
     import uvicorn
 
-    app = build_app(path, format, model_name, api_key_env, device, max_tokens, max_messages, max_body_bytes, max_batch)
+    check_host(host, api_key_env, insecure)
+    app = build_app(
+        path,
+        format,
+        model_name,
+        api_key_env,
+        device,
+        max_tokens,
+        max_messages,
+        max_body_bytes,
+        max_batch,
+        max_queue,
+        request_timeout,
+    )
     if log:
         auth = f", key from ${api_key_env}" if api_key_env else ", no key"
+        if not api_key_env and not is_loopback(host):
+            auth += " (--insecure: anyone who can reach this port can use it)"
         log(f"serving {app.state.engine.lm.path} ({app.state.engine.lm.kind}) at http://{host}:{port}/v1{auth}")
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
     _server_class()(config).run()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..decode import stop_token_ids
 from ..errors import PotstillError
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from ..teachers.hf_decode import cache_kwarg
@@ -87,11 +88,7 @@ class LoadedModel:
         self.backend, self.tokenizer, self.path = backend, tokenizer, path
         self.kind: str = backend.kind
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = {tokenizer.eos_token_id}
-        end = tokenizer.convert_tokens_to_ids("<|end|>")
-        if isinstance(end, int) and end != tokenizer.unk_token_id:
-            ids.add(end)
-        self.stop_ids = sorted(i for i in ids if i is not None)
+        self.stop_ids = stop_token_ids(tokenizer)
 
     @property
     def max_positions(self) -> int | None:

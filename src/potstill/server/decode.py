@@ -41,7 +41,7 @@ class Row:
 @dataclass
 class Result:
     text: str
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "cancelled" (the row was cancelled; never sent to a client)
     prompt_tokens: int
     completion_tokens: int
     token_ids: list[int]
@@ -111,7 +111,7 @@ class _State:
             elif len(self.ids) >= self.row.max_new_tokens:
                 self.finish = "length"
         if self.row.cancelled and self.finish is None:
-            self.finish = "stop"
+            self.finish = "cancelled"
         self.flush(final=self.finish is not None)
 
     def flush(self, final: bool) -> None:
@@ -139,9 +139,12 @@ def decode(backend: Backend, tokenizer: Any, rows: list[Row], stop_ids: list[int
     states = [_State(r, tokenizer) for r in rows]
     stops = set(stop_ids)
     for s in states:
-        if s.row.max_new_tokens <= 0 or s.row.cancelled:
+        if s.row.cancelled:
+            s.finish = "cancelled"
+        elif s.row.max_new_tokens <= 0:
             s.finish = "length"
-    logits, past = backend.forward(ids, mask, pos, None)
+    if any(s.finish is None for s in states):
+        logits, past = backend.forward(ids, mask, pos, None)
     while any(s.finish is None for s in states):
         nxt = np.full((len(rows), 1), pad_id, dtype=np.int64)
         for i, s in enumerate(states):

@@ -1,7 +1,8 @@
 """The OpenAI chat-completions wire format: request validation, error bodies, response and chunk objects.
 
 Errors follow OpenAI's shape: {"error": {"message", "type", "param", "code"}} with 400 (bad request, limits),
-401 (key), 404 (unknown model), 413 (body too large), 422 (fields of the wrong type or shape), 503 (shutting down).
+401 (key), 404 (unknown model), 413 (body too large), 422 (fields of the wrong type or shape), 503 (queue full,
+with Retry-After; or shutting down), 504 (the request ran past the server's --request-timeout).
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from .decode import Result
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 404: "not_found_error", 503: "server_error"}.get(
-            self.status, "invalid_request_error"
-        )
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status)
+        kind = kind or ("server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 

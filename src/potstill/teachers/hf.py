@@ -121,11 +121,9 @@ class LocalModel:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _stop_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        end = self.tokenizer.convert_tokens_to_ids("<|end|>")
-        if isinstance(end, int) and end != self.tokenizer.unk_token_id:
-            ids.add(end)
-        return [i for i in ids if i is not None]
+        from ..decode import stop_token_ids
+
+        return stop_token_ids(self.tokenizer)
 
     def prompt_lengths(self, conversations: list[list[dict[str, str]]]) -> list[int]:
         return [len(self.tokenizer(self.chat_text(m), add_special_tokens=False)["input_ids"]) for m in conversations]
