@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import PotstillError
@@ -35,17 +37,37 @@ RunDirArg = Annotated[Path, typer.Argument(help="a run folder made by `potstill 
 ForceOpt = Annotated[bool, typer.Option("--force", help="re-run even when done with unchanged inputs")]
 
 
+def _error(message: str, code: int) -> typer.Exit:
+    """Print ``message`` so that its last line starts with ``error:`` (details of a multi-line one first)."""
+    head, *details = message.splitlines() or [""]
+    for line in details:
+        err.print(escape(line), highlight=False, soft_wrap=True)
+    suffix = " (listed above)" if details else ""
+    err.print(f"[bold red]error:[/] {escape(head)}{suffix}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except PotstillError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
+            raise _error(str(exc) or type(exc).__name__, exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted: finished work is saved; run the same command again to resume")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or the system (disk full, permissions): one line, never a traceback
+            if os.environ.get("POTSTILL_DEBUG"):
+                raise
+            what = " ".join(str(exc).split())[:300]
+            raise _error(
+                f"{type(exc).__name__}{': ' + what if what else ''} (unexpected: run again with POTSTILL_DEBUG=1 "
+                "for the traceback, and please report it)",
+                1,
+            ) from None
 
     return wrapper
 
@@ -195,7 +217,9 @@ def export_cmd(
 @_guard
 def serve(
     path: Annotated[Path, typer.Argument(help="a model folder, an ONNX export folder, or a run folder")],
-    host: Annotated[str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network (needs --api-key-env)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     format: Annotated[str, typer.Option(help="for a run folder: auto (student/) | hf | onnx | onnx-int8")] = "auto",
     model_name: Annotated[str | None, typer.Option(help="the model id clients send (default: folder name)")] = None,
@@ -207,6 +231,13 @@ def serve(
     max_messages: Annotated[int, typer.Option(help="cap on messages per request")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="cap on the request body size")] = 1 << 20,
     max_batch: Annotated[int, typer.Option(help="requests decoded together")] = 8,
+    max_queue: Annotated[int, typer.Option(help="requests that may wait for the model; more get 503")] = 64,
+    request_timeout: Annotated[
+        float, typer.Option(help="seconds a request may take, queueing included (504 after); 0: no limit")
+    ] = 300.0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="allow a non-loopback --host without --api-key-env")
+    ] = False,
 ) -> None:
     """Serve a student with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from .server import serve as run_server
@@ -223,6 +254,9 @@ def serve(
         max_messages=max_messages,
         max_body_bytes=max_body_bytes,
         max_batch=max_batch,
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+        insecure=insecure,
         log=_say,
     )
 
@@ -254,13 +288,15 @@ def compare(
 @_guard
 def demo(
     quick: Annotated[bool, typer.Option("--quick", help="a smaller slice, under two minutes")] = False,
-    run_dir: Annotated[Path, typer.Option(help="where the demo writes")] = Path("runs/demo"),
+    run_dir: Annotated[
+        Path | None, typer.Option(help="where the demo writes (default runs/demo, or runs/demo-quick)")
+    ] = None,
 ) -> None:
     """The offline demo: distil the shipped 2.7M-parameter teacher into a 10× smaller student, compare them."""
-    from .demo import check_targets, run_demo
+    from .demo import check_targets, default_run_dir, run_demo
 
     t0 = time.perf_counter()
-    rd = run_demo(run_dir, quick=quick, log=_say)
+    rd = run_demo(run_dir or default_run_dir(quick), quick=quick, log=_say)
     print_results(rd)
     results = json.loads((rd / "eval" / "results.json").read_text())
     out.print("the demo's targets" + (" (set for the full demo; --quick trains on a tenth)" if quick else "") + ":")

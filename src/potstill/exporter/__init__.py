@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ExportError, PotstillError
+from ..evaluate.perf import size_on_disk_mb
 from ..run_dir import atomic_write_text
 
 FORMATS = ("hf", "onnx", "onnx-int8")
@@ -90,11 +91,6 @@ def _prompts(run_root: Path | None, n: int) -> list[list[dict[str, str]]]:
             break
         out.append([{"role": "user", "content": p}])
     return out
-
-
-def _size_mb(folder: Path) -> float:
-    exts = (".safetensors", ".bin", ".onnx", ".data")
-    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in exts) / 2**20
 
 
 def _save_hf(model: Any, tok: Any, out: Path) -> None:
@@ -169,7 +165,8 @@ def export(
                 shutil.rmtree(fp32, ignore_errors=True)
         check = parity(reference, load_model(folder, device="cpu"), convs, max_new_tokens)
         ok = _passed(fmt, check, min_int8_agreement)
-        manifest["exports"][fmt] = {"path": str(folder), "size_mb": _size_mb(folder), "parity": check, "passed": ok}
+        size = size_on_disk_mb(folder)
+        manifest["exports"][fmt] = {"path": str(folder), "size_mb": size, "parity": check, "passed": ok}
         say(
             f"export {fmt}: max |Δlogit| {check['max_abs_logit_diff']:.2e}, greedy equal "
             f"{check['greedy_equal']}/{check['prompts']}, {check['latency_ms']['export']:.1f} ms/answer "
