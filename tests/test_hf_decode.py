@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import QUESTIONS
 
-from potstill.teachers import hf_decode
+from potstill.decode import hf_loop as hf_decode
 from potstill.teachers.hf import LocalModel
 
 

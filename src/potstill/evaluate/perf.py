@@ -104,6 +104,7 @@ def _quiet_stderr() -> Iterator[None]:
 
 def peak_memory(lm: Any, prompt: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
     weights = tensor_bytes(lm.model)
+    lm._engine = None  # the decoder's buffers (KV cache, fused weights) are built inside the measured call
     if lm.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(lm.device)

@@ -29,7 +29,7 @@ def _wrapper(model: Any, layers: int) -> Any:
     import torch
     from transformers import DynamicCache
 
-    from ..teachers.hf_decode import cache_kwarg
+    from ..decode.hf_loop import cache_kwarg
 
     cache_kw = cache_kwarg(model)
 

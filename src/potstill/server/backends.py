@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..decode import stop_token_ids
+from ..decode.hf_loop import cache_kwarg
 from ..errors import PotstillError
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-from ..teachers.hf_decode import cache_kwarg
 from .decode import Result, Row, decode
 
 ONNX_META = "potstill_onnx.json"  # written by the ONNX export beside model.onnx: input/output names and shapes

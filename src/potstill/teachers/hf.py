@@ -8,7 +8,6 @@ Used for the local teacher and, in evaluation, for every local model, so all are
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import torch
 
 from ..errors import PotstillError
-from .hf_decode import decode_batch
 
 # The plain template used when a tokenizer ships none. Each turn is "<|role|>\n{content}<|end|>\n"; the
 # generation prompt is "<|assistant|>\n"; generation stops at "<|end|>" (the tokenizer's eos).
@@ -131,7 +129,16 @@ class LocalModel:
     def _piece(self, ids: list[int]) -> list[str]:
         return self.tokenizer.batch_decode([[i] for i in ids])
 
-    @torch.inference_mode()
+    def engine(self, slots: int) -> Any:
+        """The shared decoder (decode/engine.py), kept across calls so its KV cache buffers are reused."""
+        from ..decode.engine import Engine
+
+        eng = getattr(self, "_engine", None)
+        if eng is None:
+            eng = self._engine = Engine(self.model, self._stop_ids(), slots, self.tokenizer.pad_token_id or 0)
+        eng.slots = max(1, slots)
+        return eng
+
     def generate(
         self,
         conversations: list[list[dict[str, str]]],
@@ -142,53 +149,33 @@ class LocalModel:
         seed: int | None = None,
         logprobs: int | None = None,
     ) -> list[Completion]:
-        """Answer each conversation; batches are formed from length-sorted prompts, results in input order.
+        """Answer each conversation (``batch_size`` decoded together, continuously refilled); results in input
+        order. A sampled answer depends only on ``seed`` and its position in ``conversations``. With
+        ``logprobs=k``, each Completion carries the top-k logprobs of every generated position."""
+        from ..decode.engine import Request
 
-        With ``logprobs=k``, each Completion carries the top-k logprobs of every generated position.
-        """
         texts = [self.chat_text(m) for m in conversations]
         enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-        out: list[Completion | None] = [None] * len(enc)
-        stop = self._stop_ids()
-        pad = self.tokenizer.pad_token_id
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, width - len(enc[i]) :] = torch.tensor(enc[i])
-                mask[r, width - len(enc[i]) :] = 1
-            if seed is not None:
-                torch.manual_seed(seed + b)
-            t0 = time.perf_counter()
-            toks_, stopped, caps = decode_batch(
-                self.model,
-                ids.to(self.device),
-                mask.to(self.device),
-                max_new_tokens,
-                stop,
-                temperature=temperature,
-                top_p=top_p,
-                logprobs=logprobs,
-            )
-            dt = time.perf_counter() - t0
-            for r, i in enumerate(idx):
-                toks = toks_[r]
-                finish = "stop" if stopped[r] else "length"
-                text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                lp = None
-                if caps is not None:
-                    top_ids, top_vals = caps[r]
-                    lp = {
-                        "tokens": self._piece(toks),
-                        "top": [
-                            [[p, round(v, 4)] for p, v in zip(self._piece(ids), vals, strict=True)]
-                            for ids, vals in zip(top_ids, top_vals, strict=True)
-                        ],
-                        "token_ids": toks,
-                        "top_ids": top_ids,
-                    }
-                out[i] = Completion(text.strip(), finish, len(enc[i]), len(toks), dt / len(idx), lp)
-        return [c for c in out if c is not None]
+        reqs = [
+            Request(list(ids), max_new_tokens, temperature, top_p, (seed or 0) + i, logprobs)
+            for i, ids in enumerate(enc)
+        ]
+        outs = self.engine(batch_size).generate(reqs)
+        done = []
+        for ids, o in zip(enc, outs, strict=True):
+            text = self.tokenizer.decode(o.tokens, skip_special_tokens=True)
+            lp = None
+            if o.top is not None:
+                top_ids, top_vals = o.top
+                lp = {
+                    "tokens": self._piece(o.tokens),
+                    "top": [
+                        [[p, round(v, 4)] for p, v in zip(self._piece(i), vals, strict=True)]
+                        for i, vals in zip(top_ids, top_vals, strict=True)
+                    ],
+                    "token_ids": o.tokens,
+                    "top_ids": top_ids,
+                }
+            finish = "length" if o.finish == "length" else "stop"
+            done.append(Completion(text.strip(), finish, len(ids), len(o.tokens), o.seconds, lp))
+        return done

@@ -1,4 +1,4 @@
-"""Batched incremental decoding for local teachers: rows leave the batch as soon as they finish.
+"""The decoder's generic loop, for models the fast path (llama.py) does not cover: rows leave the batch as they finish.
 
     toks, stopped, tops = decode_batch(model, ids, mask, max_new_tokens=128, stop_ids=[eos])
     toks[r]            the tokens generated for row r, its stop token excluded
