@@ -327,3 +327,25 @@ def test_compare_two_runs(tiny_run: Path, tmp_path: Path) -> None:
     assert only.returncode == 0 and "baseline" not in only.stdout.split("settings that differ")[0]
     missing = run_cli("compare", str(tiny_run), str(tmp_path / "nope"))
     assert missing.returncode == 1 and "nope/eval/results.json not found" in missing.stderr
+
+
+def test_console_table_fits_80_columns_and_a_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Printed to an 80-column terminal or a log file, each model's figures stay on one line per metric."""
+    import io
+
+    from rich.console import Console
+
+    import potstill.cli as cli
+
+    synthetic_run(tmp_path)
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=80))  # what rich assumes when not a terminal
+    cli.print_results(tmp_path)
+    lines = buf.getvalue().splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    acc = next(ln for ln in lines if ln.lstrip("│ ").startswith("accuracy"))
+    assert all(name in lines[1] + lines[2] for name in ("teacher", "baseline", "distilled", "gold-only"))
+    assert acc.count("%") == len(res["models"])  # every model's accuracy on the accuracy line itself
+    body = [ln for ln in lines if ln.startswith("│")]
+    assert all(ln.split("│")[1].strip() for ln in body)  # no row wraps onto a second line

@@ -87,13 +87,16 @@ def _table(header: list[str], rows: list[list[str]], title: str) -> Table:
 
 def print_results(run_dir: Path) -> None:
     """The comparison table of a run (from eval/results.json), the derived numbers and where the report is."""
-    from .report.tables import comparison_rows, derived_lines
+    from .report.tables import compact_rows, comparison_rows, derived_lines
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
         return
     results = json.loads(path.read_text())
-    out.print(_table(*comparison_rows(results), title="teacher vs student (95 % CIs in brackets)"))
+    if out.width >= 120:
+        out.print(_table(*comparison_rows(results), title="teacher vs student (95 % CIs in brackets)"))
+    else:  # an 80-column terminal, or a log file (rich assumes 80 columns there)
+        out.print(_table(*compact_rows(results), title="teacher vs student"))
     for line in derived_lines(results):
         out.print(f"  {line}")
     html = run_dir / "report" / "report.html"

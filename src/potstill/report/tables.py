@@ -1,6 +1,7 @@
 """The report's tables as rows of strings, from results.json and the run's other files (markdown, HTML, CLI).
 
 comparison_rows(results)   -> (header, rows)   the seed's table: one column per model, 95 % CIs beside scores
+compact_rows(results)      -> (header, rows)   the same for 80 columns: short labels, intervals on their own rows
 derived_lines(results)     -> ["accuracy retention: 98.0 % (95 % CI 91.2–104.3)", ...]
 funnel_rows(filter_report) -> (header, rows)   teacher outputs in, kept, rejected by each filter
 ledger_rows(ledger)        -> (header, rows)   teacher calls, tokens, cost, failures
@@ -145,6 +146,33 @@ def derived_lines(results: dict[str, Any], comparison: dict[str, Any] | None = N
             line += f" (95 % CI {lo} to {hi})"
         out.append(line)
     return out
+
+
+SHORT_LABELS = {
+    "size on disk (MB)": "disk MB",
+    "memory (tensor peak, MB)": "memory MB",
+    "process RSS (MB)": "RSS MB",
+    "inference time (ms/answer, p50)": "p50 ms",
+    "inference time (ms/answer, p95)": "p95 ms",
+    "accuracy (95 % CI)": "accuracy",
+    "agreement with teacher": "agreement",
+    "throughput (answers/s)": "answers/s",
+    "throughput (tokens/s)": "tokens/s",
+    "cost per 1,000 answers (USD)": "$ / 1k",
+}
+
+
+def compact_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The comparison for an 80-column terminal or a log: short labels, each interval on its own row."""
+    header, rows = comparison_rows(results)
+    out = []
+    for label, *cells in rows:
+        values = [c.split(" (", 1)[0] for c in cells]
+        out.append([SHORT_LABELS.get(label, label), *values])
+        cis = [c.split(" (", 1)[1].rstrip(")") if " (" in c else "" for c in cells]
+        if any(cis):
+            out.append(["  95 % CI", *cis])
+    return header, out
 
 
 def funnel_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
