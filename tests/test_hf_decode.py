@@ -72,3 +72,38 @@ def test_logprobs_follow_the_kept_tokens(tiny_models: dict[str, Path]) -> None:
         lp = c.logprobs
         assert lp is not None and len(lp["top_ids"]) == len(lp["token_ids"]) == c.completion_tokens
         assert all(ids[0] == t for ids, t in zip(lp["top_ids"], lp["token_ids"], strict=True))
+
+
+def test_local_teacher_samples_do_not_depend_on_what_was_answered_before(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A sampled answer is a function of its request: a run resumed after half the answers were cached gives the
+    same answers as an uninterrupted one (the seed comes from the request, not from its batch or position)."""
+    import json
+
+    from conftest import job_dict
+
+    from potstill.config import validate_spec
+    from potstill.data.jsonl import read_examples
+    from potstill.data.tasks import task_for
+    from potstill.pipeline import run_pipeline
+    from potstill.run_dir import RunDir
+    from potstill.teachers.cache import RequestCache
+    from potstill.teachers.generate import Answerer, build_request
+
+    d = job_dict(tiny_models, tmp_path / "data", generation={"temperature": 1.5, "max_tokens": 8, "samples": 2})
+    spec = validate_spec(d)
+    whole = run_pipeline(spec, tmp_path / "whole", only=["generate"])
+    outputs = [json.loads(x) for x in (whole.outputs / "train.jsonl").read_text().splitlines()]
+
+    part = RunDir(tmp_path / "part")
+    part.create()
+    task = task_for(spec)
+    examples = list(read_examples(spec.data.training, "train", spec.prompts.template))
+    reqs = [build_request(spec, task, ex, s) for ex in examples[::2] for s in range(2)]
+    with RequestCache(part.cache_db) as cache:
+        Answerer(spec, part, cache).answer(reqs, "train")  # "killed" after a part of the answers
+    run_pipeline(spec, part.root, only=["generate"])
+    again = [json.loads(x) for x in (part.outputs / "train.jsonl").read_text().splitlines()]
+    assert [o["output"] for o in again] == [o["output"] for o in outputs]
+    assert len({o["output"] for o in outputs}) > 1  # sampled, not greedy

@@ -100,7 +100,9 @@ class Answerer:
                 return answer_remote(self.spec, self.rd, self.cache, pending, label, stage=self.stage)
 
     def _answer_local(self, pending: list[Request], label: str) -> None:
-        """Local teacher: length-sorted batches; each batch is committed to the cache before the next starts."""
+        """Local teacher: length-sorted prompts through the continuous-batching decoder, committed to the cache
+        every few batches (a crash loses at most one chunk). Each request samples with a seed derived from its
+        cache key, so an answer does not depend on batching, chunking or what an earlier run already answered."""
         from .hf import LocalModel
 
         t, gen = self.spec.teacher, self.spec.generation
@@ -111,15 +113,16 @@ class Answerer:
         lengths = lm.prompt_lengths([r.body["messages"] for r in pending])
         pending = [r for _, r in sorted(zip(lengths, pending, strict=True), key=lambda p: p[0])]
         with progress(f"teacher answers ({label})", len(pending)) as bar:
-            for i in range(0, len(pending), bs):
-                chunk = pending[i : i + bs]
+            step = 8 * bs  # slots are refilled within a chunk: its tail is the only partly filled batch
+            for i in range(0, len(pending), step):
+                chunk = pending[i : i + step]
                 outs = lm.generate(
                     [r.body["messages"] for r in chunk],
                     max_new_tokens=gen.max_tokens,
                     temperature=self.spec.sampling_temperature,
                     top_p=gen.top_p,
                     batch_size=bs,
-                    seed=gen.seed + 7919 * chunk[0].sample + i,
+                    seeds=[int(r.key[:15], 16) for r in chunk],
                     logprobs=gen.logprobs,
                 )
                 if gen.stop:

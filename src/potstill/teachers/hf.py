@@ -148,16 +148,17 @@ class LocalModel:
         batch_size: int = 16,
         seed: int | None = None,
         logprobs: int | None = None,
+        seeds: list[int] | None = None,
     ) -> list[Completion]:
         """Answer each conversation (``batch_size`` decoded together, continuously refilled); results in input
-        order. A sampled answer depends only on ``seed`` and its position in ``conversations``. With
+        order. A sampled answer depends only on its seed: ``seeds[i]``, else ``seed`` + its position. With
         ``logprobs=k``, each Completion carries the top-k logprobs of every generated position."""
         from ..decode.engine import Request
 
         texts = [self.chat_text(m) for m in conversations]
         enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         reqs = [
-            Request(list(ids), max_new_tokens, temperature, top_p, (seed or 0) + i, logprobs)
+            Request(list(ids), max_new_tokens, temperature, top_p, seeds[i] if seeds else (seed or 0) + i, logprobs)
             for i, ids in enumerate(enc)
         ]
         outs = self.engine(batch_size).generate(reqs)
