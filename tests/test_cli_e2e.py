@@ -76,6 +76,13 @@ def test_run_writes_every_file_of_the_contract(tiny_job: Path, tmp_path: Path) -
     assert "generate: done earlier" in third.stderr and "validate: done earlier" in third.stderr
     assert "train: running" in third.stderr and "evaluate: running" in third.stderr
     assert len([e for e in _events(rd) if e["event"] == "teacher_batch"]) == batches
+    # ... and it really trained again, from the untouched student: a new step 1, no resume
+    events = _events(rd)
+    last = max(i for i, e in enumerate(events) if e["event"] == "stage_start" and e["stage"] == "train")
+    steps = [e["step"] for e in events[last:] if e["event"] == "step"]
+    summary = json.loads((rd / "student" / "training_summary.json").read_text())
+    assert steps[0] == 1 and len(steps) == summary["steps"] and summary["resumed_from"] is None
+    assert not [e for e in events[last:] if e["event"] == "resume"]
 
 
 def test_stage_commands_run_one_stage_in_order(tiny_job: Path, tmp_path: Path) -> None:
