@@ -83,46 +83,46 @@ def wait_until(cond: Any, what: str, limit: float = 30.0) -> None:
 
 
 class Gated:
-    """A LoadedModel whose ``run`` waits until ``gate`` is set; ``batches`` lists the rows of each batch entered."""
+    """A LoadedModel whose ``run`` waits until ``gate`` is set; ``batches`` lists the rows each decoder run began with
+    (rows that join a running decoder through ``more`` start no new entry)."""
 
     def __init__(self, lm: Any) -> None:
         self.lm, self.gate, self.batches = lm, threading.Event(), []
 
-    def run(self, rows: list[Any]) -> Any:
+    def run(self, rows: list[Any], more: Any = None) -> Any:
         self.batches.append(rows)
         if not self.gate.wait(60):
             raise RuntimeError("the test never opened the gate")
-        return self.lm.run(rows)
+        return self.lm.run(rows, more)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.lm, name)
 
 
 class Stalling:
-    """A LoadedModel that never stops by itself (no stop tokens) and, after ``after`` forward steps, holds each
-    step until every row of the batch is cancelled (60 s at most, then it runs on to max_tokens). So a row that the
-    server cancels ends with finish_reason "cancelled" and about ``after`` tokens, deterministically."""
+    """A LoadedModel that never stops by itself (a decoder with no stop tokens) and, after ``after`` decode steps,
+    holds each step until every live row is cancelled (60 s at most, then it runs on to max_tokens). So a row that
+    the server cancels ends with finish_reason "cancelled" and about ``after`` tokens, deterministically."""
 
     def __init__(self, lm: Any, after: int = 4) -> None:
-        self.lm, self.after, self.stalled = lm, after, threading.Event()
+        from potstill.decode.engine import Engine
 
-    def run(self, rows: list[Any]) -> Any:
-        from potstill.server.decode import decode
+        self.lm, self.after, self.stalled, self.steps = lm, after, threading.Event(), 0
+        self.decoder = Engine(lm.backend.model, [], slots=lm.decoder.slots, pad_id=lm.pad_id)
+        self.decoder.on_step = self._hold
 
-        inner, steps, stalled, after = self.lm.backend, 0, self.stalled, self.after
+    def _hold(self, live: list[Any]) -> None:
+        self.steps += 1
+        if self.steps > self.after:
+            self.stalled.set()
+            deadline = time.time() + 60
+            while not all(r.cancelled for r in live) and time.time() < deadline:
+                time.sleep(0.005)
 
-        class Backend:
-            def forward(self, *args: Any) -> Any:
-                nonlocal steps
-                steps += 1
-                if steps > after:
-                    stalled.set()
-                    deadline = time.time() + 60
-                    while not all(r.cancelled for r in rows) and time.time() < deadline:
-                        time.sleep(0.005)
-                return inner.forward(*args)
+    def run(self, rows: list[Any], more: Any = None) -> Any:
+        from potstill.decode.text import generate_text
 
-        return decode(Backend(), self.lm.tokenizer, rows, [], self.lm.pad_id)
+        return generate_text(self.decoder, self.lm.tokenizer, rows, more)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.lm, name)

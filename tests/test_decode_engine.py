@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import QUESTIONS
 
-from potstill.decode.engine import Engine, Request
+from potstill.decode.engine import Engine, Output, Request
 from potstill.decode.llama import supported
 from potstill.teachers.hf import LocalModel
 
@@ -23,8 +23,12 @@ def _prompts(lm: LocalModel) -> list[list[int]]:
 def _reference(model: object, prompt: list[int], max_new: int, stop: list[int]) -> tuple[list[int], str]:
     ids = torch.tensor([prompt])
     g = model.generate(  # type: ignore[attr-defined]
-        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-        eos_token_id=stop, pad_token_id=0,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=stop,
+        pad_token_id=0,
     )
     new = g[0, len(prompt) :].tolist()
     cut = next((k for k, t in enumerate(new) if t in stop), None)
@@ -124,3 +128,86 @@ def test_demo_teacher_answers_equal_generate_on_1000_questions() -> None:
             gaps.append(top2_gap(lm.model, p, a[:k]))
     print(f"{1000 - len(gaps)}/1000 equal; differing at top-2 gaps {gaps}")
     assert len(gaps) <= 1 and all(g < 1e-4 for g in gaps), gaps
+
+
+def test_requests_join_a_running_generate(tiny_models: dict[str, Path]) -> None:
+    """``more`` brings requests while others decode: they take free slots at once and change no token."""
+    lm = LocalModel.load(tiny_models["teacher"], device="cpu")
+    stop = lm._stop_ids()
+    prompts = _prompts(lm)
+    eng = Engine(lm.model, stop, slots=4)
+    first = [Request(p, 12) for p in prompts[12:14]]  # unseen prompts: long answers
+    later = {2: [Request(p, 12) for p in prompts[14:17]], 5: [Request(prompts[0], 12), Request(prompts[3], 4)]}
+    asked: list[tuple[int, int]] = []  # (step, free slots) at each poll
+    started: dict[int, int] = {}  # id(request) -> the step it was handed over
+
+    def more(free: int) -> list[Request]:
+        asked.append((eng.steps, free))
+        due = [s for s in later if s <= eng.steps]
+        got = [r for s in due for r in later.pop(s)]
+        started.update({id(r): eng.steps for r in got})
+        return got
+
+    everyone = first + [r for rs in later.values() for r in rs]
+    ended: list[tuple[Request, Output]] = []
+    for r in everyone:
+        r.on_done = lambda o, r=r: ended.append((r, o))
+    returned = eng.generate(first, more=more)
+    assert eng.runs == 1 and not later and all(0 < f <= 4 for _, f in asked)
+    assert sorted(id(r) for r, _ in ended) == sorted(map(id, everyone))  # each ended once, through on_done
+    told = {id(r): o for r, o in ended}
+    assert all(told[id(r)] is o for r, o in zip(first, returned, strict=True))  # returned = what on_done saw
+    assert started[id(everyone[2])] == 2 and 5 <= started[id(everyone[5])] < eng.steps  # joined mid-run
+    solo_steps = 0
+    for r, o in ended:
+        want = _reference(lm.model, r.ids, r.max_new_tokens, stop)
+        assert (o.tokens, o.finish) == want  # joining a running batch changed no token
+        solo_steps += len(want[0])
+    assert eng.steps < solo_steps - len(everyone)  # requests shared steps: fewer than decoding one by one
+
+
+def test_a_backend_step_function_runs_through_the_same_scheduler(tiny_models: dict[str, Path]) -> None:
+    """decode/past.py: a step function (as an ONNX session gives) and, when serving, other architectures over
+    model() decode through the continuous scheduler with the same greedy tokens as generate()."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from potstill.decode.past import PastRunner, hf_step
+
+    lm = LocalModel.load(tiny_models["teacher"], device="cpu")
+    stop = lm._stop_ids()
+    prompts = _prompts(lm)[:9]
+    stepper = Engine(None, stop, slots=3, forward=hf_step(lm.model))
+    outs = stepper.generate([Request(p, 8) for p in prompts])
+    assert isinstance(stepper.runner, PastRunner) and stepper.steps < sum(len(o.tokens) for o in outs)
+    for p, o in zip(prompts, outs, strict=True):
+        assert (o.tokens, o.finish) == _reference(lm.model, p, 8, stop)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(lm.tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=512)
+    gpt2 = GPT2LMHeadModel(cfg).eval()
+    got: dict[int, list[int]] = {}
+    queue = [Request(p, 6, on_done=lambda o, k=k: got.update({k: o.tokens})) for k, p in enumerate(prompts)]
+    eng = Engine(gpt2, stop, slots=3)
+    handed = [2]
+
+    def one_at_a_time(free: int) -> list[Request]:
+        if handed[0] == len(queue):
+            return []
+        handed[0] += 1
+        return [queue[handed[0] - 1]]
+
+    eng.generate(queue[:2], more=one_at_a_time)
+    assert isinstance(eng.runner, PastRunner)  # serving: not the generic loop
+    for k, p in enumerate(prompts):
+        assert got[k] == _reference(gpt2, p, 6, stop)[0]
+
+
+def test_logprobs_zero_gives_the_picked_tokens_logprob(tiny_models: dict[str, Path]) -> None:
+    lm = LocalModel.load(tiny_models["teacher"], device="cpu")
+    p = _prompts(lm)[0]
+    eng = Engine(lm.model, lm._stop_ids(), slots=2)
+    zero, one, sampled = eng.generate(
+        [Request(p, 8, logprobs=0), Request(p, 8, logprobs=1), Request(p, 8, 2.0, 1.0, 5, 0)]
+    )
+    assert zero.top is None and one.top is not None and zero.chosen is not None and sampled.chosen is not None
+    assert zero.chosen == pytest.approx([v[0] for v in one.top[1]], abs=1e-5)  # greedy: the top-1
+    assert len(sampled.chosen) == len(sampled.tokens) and all(v <= 0 for v in sampled.chosen)

@@ -2,12 +2,13 @@
 
     app = create_app(lm, model_id="support-bot", api_key="...", limits=Limits())   # then run it with uvicorn
 
-Every request goes through one Engine (a worker thread and a bounded queue), so the model serves one micro-batch
-at a time; a full queue answers 503 with Retry-After. The body is read with a hard size cap before any JSON
-parsing (and the rest of a refused body is drained, so the client reads its 413). A request that runs past
-``request_timeout`` seconds (queueing included) gets a 504, and a client that disconnects stops its rows: in
-both cases decoding of that request's rows stops at the next step. The API key is compared in constant time and
-never logged or echoed.
+Every request goes through one Engine (a worker thread and a bounded queue) that decodes with continuous
+batching: a request joins those already decoding at the next step; a full queue answers 503 with Retry-After.
+The body is read with a hard size cap before any JSON parsing (and the rest of a refused body is drained, so the
+client reads its 413). A request that runs past ``request_timeout`` seconds (queueing included) gets a 504, and
+a client that disconnects stops its rows: in both cases decoding of that request's rows stops at the next step,
+while the other requests decoding beside them go on. The API key is compared in constant time and never logged
+or echoed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import hmac
 import json
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,9 +29,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..decode.text import Result, Row
 from .asgi import DrainUnreadBody, Receive, wait_for_disconnect
 from .backends import LoadedModel
-from .decode import Result, Row
 from .engine import Engine, EngineBusy, EngineClosed, Job, threadsafe_callback
 from .protocol import ApiError, ChatRequest, Limits, chunk, completion_body, new_id, parse_request, usage
 
@@ -112,7 +114,7 @@ def create_app(
         try:
             return engine.submit(rows)
         except EngineBusy as exc:
-            wait = str(max(1, math.ceil(engine.last_batch_s)))  # about when the running batch ends and a place frees
+            wait = str(max(1, math.ceil(engine.last_request_s)))  # about when a running request ends, freeing slots
             raise ApiError(503, str(exc), code="queue_full", headers={"Retry-After": wait}) from None
         except EngineClosed as exc:
             raise ApiError(503, str(exc), code="shutting_down") from None
@@ -203,13 +205,14 @@ def _rows(lm: LoadedModel, req: ChatRequest, lim: Limits) -> list[Row]:
             "context_length_exceeded",
         )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    base = req.seed if req.seed is not None else secrets.randbits(63)  # no seed: a fresh sample each time
     return [
         Row(
             prompt,
             max_new_tokens=max_new,
             temperature=req.temperature,
             top_p=req.top_p,
-            seed=None if req.seed is None else req.seed + i,
+            seed=base + i,
             stop=req.stops,
             logprobs=logprobs,
         )

@@ -4,23 +4,28 @@
     lm.generate([[{"role": "user", "content": "2+3?"}]], max_new_tokens=16)   # -> [Result], greedy
     lm.encode(messages)                               # the prompt token ids, through the model's chat template
 
-Both backends expose ``forward(input_ids, attention_mask, position_ids, past)`` on numpy arrays and run the same
-decode loop (server/decode.py), so a parity check compares the models and nothing else.
+Both run through the one decoder (potstill.decode.engine: its scheduler, sampling and text handling): a torch
+model on its own runners, an ONNX session through its step function (``OnnxBackend.step``), so a parity check
+compares the models and nothing else. Both also expose ``forward(input_ids, attention_mask, position_ids, past)``
+on numpy arrays (one forward pass, for logit checks).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..decode import stop_token_ids
+from ..decode.engine import Engine
 from ..decode.hf_loop import cache_kwarg
+from ..decode.text import Result, Row, generate_text
 from ..errors import PotstillError
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
-from .decode import Result, Row, decode
 
 ONNX_META = "potstill_onnx.json"  # written by the ONNX export beside model.onnx: input/output names and shapes
 
@@ -80,15 +85,31 @@ class OnnxBackend:
         logits, *present = self.session.run(None, feeds)
         return logits[:, -1, :], present
 
+    def step(self, ids: Any, mask: Any, pos: Any, past: Any) -> tuple[Any, Any]:
+        """The decoder's step function (decode/past.py) over this session: CPU torch tensors in and out."""
+        import torch
+
+        arrays = None if past is None else list(np.ascontiguousarray(past.numpy()))  # one copy for all layers
+        logits, present = self.forward(ids.numpy(), mask.numpy(), pos.numpy(), arrays)
+        t = ids.shape[1]
+        return torch.from_numpy(logits), torch.from_numpy(np.stack([p[:, :, -t:] for p in present]))
+
 
 class LoadedModel:
-    """A backend plus its tokenizer and stop tokens; what the server and the export's checks run."""
+    """A backend plus its tokenizer, stop tokens and decoder; what the server and the export's checks run."""
 
     def __init__(self, backend: Any, tokenizer: Any, path: Path) -> None:
         self.backend, self.tokenizer, self.path = backend, tokenizer, path
         self.kind: str = backend.kind
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.stop_ids = stop_token_ids(tokenizer)
+
+    @cached_property
+    def decoder(self) -> Engine:
+        """The decoder (8 slots until the server sets ``decoder.slots``), kept so its cache buffers are reused."""
+        onnx = self.kind == "onnx"
+        model, step = (None, self.backend.step) if onnx else (self.backend.model, None)
+        return Engine(model, self.stop_ids, 8, self.pad_id or 0, forward=step)
 
     @property
     def max_positions(self) -> int | None:
@@ -98,8 +119,10 @@ class LoadedModel:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def run(self, rows: list[Row]) -> list[Result]:
-        return decode(self.backend, self.tokenizer, rows, self.stop_ids, self.pad_id)
+    def run(self, rows: list[Row], more: Callable[[int], list[Row]] | None = None) -> list[Result]:
+        """Decode ``rows`` together, ``decoder.slots`` at a time; with ``more`` (polled each step with the free
+        slots), rows that arrive meanwhile join them. Each row's ``on_result`` fires as it ends."""
+        return generate_text(self.decoder, self.tokenizer, rows, more)
 
     def generate(
         self, conversations: list[list[dict[str, str]]], max_new_tokens: int = 64, batch_size: int = 8

@@ -1,15 +1,18 @@
-"""One worker thread owns the model; requests queue up and are decoded together in micro-batches.
+"""One worker thread owns the model and runs the decoder with continuous batching across HTTP requests.
 
     engine = Engine(lm, max_batch=8, max_queue=64); engine.start()
     job = engine.submit([Row(...), Row(...)])   # from any asyncio task; EngineBusy when max_queue requests wait
-    results = await job.future                  # rows of one request stay together
+    results = await job.future                  # rows of one request stay together; resolved when its rows end
     engine.cancel(job)                          # client gone or too slow: its rows stop at the next step
     engine.close()                              # finishes queued work, then stops the worker
 
-The model is never touched by two threads at once, so concurrent requests cannot corrupt each other; requests
-that arrive while a batch runs wait for the next one. A batch takes whole requests, up to ``max_batch`` rows
-(a request bigger than that runs alone). At most ``max_queue`` requests wait (the batch being decoded does not
-count); a cancelled request that has not started frees its place at once and is never decoded.
+The model is never touched by two threads at once, so concurrent requests cannot corrupt each other. Up to
+``max_batch`` rows decode together (the decoder's slots); at every step the decoder asks for more work, and a
+waiting request whose rows fit in the free slots joins the running ones there, so a request that arrives while
+others decode does not wait for them to end. Each request is answered as soon as its own rows end. A request with
+more rows than ``max_batch`` starts when the decoder is empty (its extra rows wait inside it). At most
+``max_queue`` requests wait (those decoding do not count); a cancelled request that has not started frees its
+place at once and is never decoded.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from ..decode.text import Result, Row
 from .backends import LoadedModel
-from .decode import Result, Row
 
 
 class EngineClosed(RuntimeError):
@@ -40,8 +44,10 @@ class Job:
     rows: list[Row]
     future: asyncio.Future[list[Result]]
     loop: asyncio.AbstractEventLoop
-    taken: bool = False  # the worker put it in a batch
+    taken: bool = False  # the worker gave it to the decoder
     dropped: bool = False  # cancelled before that: the worker skips it
+    results: list[Result | None] = field(default_factory=list)
+    t0: float = 0.0  # when it was taken
 
 
 class Engine:
@@ -49,15 +55,19 @@ class Engine:
         self.lm = lm
         self.max_batch = max_batch
         self.max_queue = max_queue
+        lm.decoder.slots = max_batch
         self._q: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="potstill-engine", daemon=True)
         self._lock = threading.Lock()
-        self._waiting = 0  # submitted, neither taken into a batch nor dropped
+        self._waiting = 0  # submitted, neither taken by the decoder nor dropped
         self._closed = False
-        self._held: Job | None = None  # a job that did not fit in the last batch: it opens the next one
-        self.batches = 0  # batches run so far (for /health and tests)
-        self.max_rows_seen = 0
-        self.last_batch_s = 0.0  # how long the last batch took (the Retry-After hint)
+        self._stopping = False  # the worker has seen close()'s mark: it takes nothing more
+        self._held: Job | None = None  # a job that did not fit in the free slots: the next one taken
+        self._running: list[Job] = []  # taken, not yet answered
+        self._rows_in = 0  # rows taken and not ended
+        self.batches = 0  # decoder runs so far (a run lasts while requests keep arriving); for /health and tests
+        self.max_rows_seen = 0  # the most rows in the decoder at once
+        self.last_request_s = 0.0  # how long the last request took from being taken to its end (Retry-After)
         self.recent: deque[Result] = deque(maxlen=256)  # the last rows decoded, newest last (tests, debugging)
 
     def start(self) -> None:
@@ -65,7 +75,7 @@ class Engine:
 
     @property
     def pending(self) -> int:
-        """Requests waiting for a batch."""
+        """Requests waiting for the decoder."""
         return self._waiting
 
     def submit(self, rows: list[Row]) -> Job:
@@ -100,73 +110,78 @@ class Engine:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    # ------------------------------------------------------------------------------------ worker thread
     def _take(self, job: Job) -> bool:
         with self._lock:
             if job.dropped:
                 return False
             job.taken = True
             self._waiting -= 1
-            return True
+        job.results, job.t0 = [None] * len(job.rows), time.perf_counter()
+        for i, r in enumerate(job.rows):
+            r.on_result = partial(self._row_done, job, i)
+        self._running.append(job)
+        self._rows_in += len(job.rows)
+        self.max_rows_seen = max(self.max_rows_seen, self._rows_in)
+        return True
 
-    def _next_batch(self, first: Job) -> tuple[list[Job], bool]:
-        jobs, rows, stop = [first], len(first.rows), False
-        while rows < self.max_batch:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if nxt is None:
-                stop = True
-                break
-            if nxt.dropped:
-                continue
-            if rows + len(nxt.rows) > self.max_batch:
-                self._held = nxt
-                break
-            if self._take(nxt):
-                jobs.append(nxt)
-                rows += len(nxt.rows)
-        return jobs, stop
+    def _row_done(self, job: Job, i: int, result: Result) -> None:
+        self.recent.append(result)
+        self._rows_in -= 1
+        job.results[i] = result
+        if all(r is not None for r in job.results):
+            self.last_request_s = time.perf_counter() - job.t0
+            self._running.remove(job)
+            _resolve(job, results=[r for r in job.results if r is not None])
 
-    def _work(self) -> None:
-        stop = False
+    def _next(self, block: bool) -> Job | None:
+        """The next job not dropped: the held one first; None when there is none (or close() was seen)."""
         while True:
             if self._held is not None:
-                first, self._held = self._held, None
-            elif stop:
-                break
+                job, self._held = self._held, None
+            elif self._stopping:
+                return None
             else:
-                got = self._q.get()
+                try:
+                    got = self._q.get(block=block)
+                except queue.Empty:
+                    return None
                 if got is None:
-                    break
-                first = got
+                    self._stopping = True
+                    return None
+                job = got
+            if not job.dropped:
+                return job
+
+    def _more(self, free: int) -> list[Row]:
+        """The decoder asks for work for ``free`` slots: whole jobs that fit (any one job when it is empty)."""
+        rows: list[Row] = []
+        while (job := self._next(block=False)) is not None:
+            if len(rows) + len(job.rows) > free and (rows or free < self.max_batch):
+                self._held = job
+                break
+            if self._take(job):
+                rows += job.rows
+        return rows
+
+    def _work(self) -> None:
+        while (first := self._next(block=True)) is not None:
             if not self._take(first):
                 continue
-            jobs, saw_stop = self._next_batch(first)
-            stop = stop or saw_stop
-            rows = [r for j in jobs for r in j.rows]
             self.batches += 1
-            self.max_rows_seen = max(self.max_rows_seen, len(rows))
-            t0 = time.perf_counter()
             try:
-                results = self.lm.run(rows)
-            except Exception as exc:  # one bad batch fails its requests, not the server
-                for j in jobs:
+                self.lm.run(first.rows, more=self._more)
+            except Exception as exc:  # a failing run fails the requests in it, not the server
+                for j in self._running:
                     _resolve(j, exc=exc)
-                continue
-            finally:
-                self.last_batch_s = time.perf_counter() - t0
-            self.recent.extend(results)
-            k = 0
-            for j in jobs:
-                _resolve(j, results=results[k : k + len(j.rows)])
-                k += len(j.rows)
+                self._running, self._rows_in = [], 0
         while True:  # shutting down: whatever is still queued is refused
             try:
                 j = self._q.get_nowait()
             except queue.Empty:
                 break
             if j is not None and self._take(j):
+                self._running.remove(j)
                 _resolve(j, exc=EngineClosed("the server is shutting down"))
 
 

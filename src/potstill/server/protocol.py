@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .decode import Result
+from ..decode.text import Result
 
 
 class ApiError(Exception):
