@@ -211,3 +211,16 @@ def test_logprobs_zero_gives_the_picked_tokens_logprob(tiny_models: dict[str, Pa
     assert zero.top is None and one.top is not None and zero.chosen is not None and sampled.chosen is not None
     assert zero.chosen == pytest.approx([v[0] for v in one.top[1]], abs=1e-5)  # greedy: the top-1
     assert len(sampled.chosen) == len(sampled.tokens) and all(v <= 0 for v in sampled.chosen)
+
+
+def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny_models: dict[str, Path]) -> None:
+    lm = LocalModel.load(tiny_models["teacher"], device="cpu")
+    stop = lm._stop_ids()
+    prompts = _prompts(lm)[: len(QUESTIONS)]  # one system prompt, questions that all begin "What is"
+    eng = Engine(lm.model, stop, slots=5)
+    outs = eng.generate([Request(p, 10) for p in prompts])
+    assert eng.runner is not None and eng.runner.prefix is not None
+    shared = eng.runner.prefix[0].shape[2]
+    assert shared >= 4 and all(p[:shared] == prompts[0][:shared] for p in prompts)
+    for p, o in zip(prompts, outs, strict=True):
+        assert (o.tokens, o.finish) == _reference(lm.model, p, 10, stop)

@@ -35,6 +35,7 @@ from .llama import LlamaRunner, supported
 from .past import PastRunner, StepFn, hf_step, past_supported
 
 TopK = tuple[list[list[int]], list[list[float]]]
+MIN_PREFIX = 4  # a prompt prefix shared by every request of a batch run is computed once when this long
 NO_LOGPROB = -9999.0  # OpenAI's value for a logprob that is not known (the generic loop keeps only the top-k)
 
 
@@ -185,7 +186,8 @@ class Engine:
                 self._generic_done(list(enumerate(requests)), outs)
             else:
                 order = sorted(range(len(requests)), key=lambda i: len(requests[i].ids))
-                self._continuous(run, slots, deque((i, requests[i]) for i in order), None, outs)
+                cut = self._prefix(run, [requests[i] for i in order])
+                self._continuous(run, slots, deque((i, requests[i]) for i in order), None, outs, cut)
             return [o or Output() for o in outs]
         pending: deque[tuple[int | None, Request]] = deque(enumerate(requests))
         while True:
@@ -203,6 +205,16 @@ class Engine:
                 self._continuous(run, self.slots, pending, more, outs)
         return [o or Output() for o in outs]
 
+    @staticmethod
+    def _prefix(run: Any, requests: list[Request]) -> int:
+        """Compute once the prompt prefix every request shares (fast path, a known set of requests); its length."""
+        if not isinstance(run, LlamaRunner) or len(requests) < 2:
+            return 0
+        first, most = requests[0].ids, min(len(r.ids) for r in requests) - 1  # each keeps a token to prefill
+        shared = next((k for k in range(most) if any(r.ids[k] != first[k] for r in requests)), max(most, 0))
+        shared = first[:shared]
+        return run.set_prefix(shared if len(shared) >= MIN_PREFIX else [])
+
     def _done(self, index: int | None, req: Request, out: Output, outs: list[Output | None]) -> None:
         if index is not None:
             outs[index] = out
@@ -218,7 +230,13 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ runners
     def _continuous(
-        self, run: Any, slots: int, pending: deque[tuple[int | None, Request]], more: More | None, outs: list[Any]
+        self,
+        run: Any,
+        slots: int,
+        pending: deque[tuple[int | None, Request]],
+        more: More | None,
+        outs: list[Any],
+        cut: int = 0,  # the shared prefix already computed (Engine._prefix): prompts are prefilled after it
     ) -> None:
         dev = self.device
         for item in [it for it in pending if it[1].max_new_tokens <= 0 or it[1].cancelled]:
@@ -256,12 +274,14 @@ class Engine:
                 take = [pending.popleft() for _ in range(n)]
                 where = free[:n]
                 width = max(width, where[-1] + 1)
-                lens = [len(r.ids) for _, r in take]
+                lens = [len(r.ids) - cut for _, r in take]
                 ids = torch.full((n, max(lens)), self.pad_id, dtype=torch.long)
                 for k, (_, r) in enumerate(take):
-                    ids[k, : lens[k]] = torch.tensor(r.ids, dtype=torch.long)
+                    ids[k, : lens[k]] = torch.tensor(r.ids[cut:], dtype=torch.long)
                 slot_t = torch.tensor(where, dtype=torch.long, device=dev)
-                logits = run.prefill(ids.to(dev), torch.tensor(lens, device=dev), slot_t)
+                lens_t = torch.tensor(lens, device=dev)
+                args = (ids.to(dev), lens_t, slot_t)
+                logits = run.prefill(*args, True) if cut else run.prefill(*args)
                 new = [_Live(i, r, dev) for i, r in take]
                 picked = pick(logits, new)
                 _record(logits, new, picked)
@@ -270,7 +290,7 @@ class Engine:
                     if lv.push(t, self.stop):
                         finish(s)
                     else:
-                        tokens[s], pos[s] = t, m
+                        tokens[s], pos[s] = t, cut + m
             active = [s for s in range(width) if live[s] is not None]
             if not active:
                 if pending and _need(pending[0][1]) <= run.max_len:

@@ -120,6 +120,7 @@ class LlamaRunner:
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.heads = torch.arange(nkv, device=self.device)[None]
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def build(cls, model: Any, slots: int, max_len: int) -> LlamaRunner | None:
@@ -157,19 +158,49 @@ class LlamaRunner:
         return F.linear(F.rms_norm(x, (self.hidden,), self.norm, self.eps), self.head, self.head_bias)
 
     # ------------------------------------------------------------------------------------------ prefill
-    def prefill(self, ids: torch.Tensor, lens: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def set_prefix(self, ids: list[int]) -> int:
+        """Compute once the keys and values of a prompt prefix that every coming request shares (a system prompt,
+        few-shot examples); ``prefill`` then runs only the rest of each prompt. Returns the prefix length."""
+        self.prefix = None
+        t = len(ids)
+        if t == 0:
+            return 0
+        x = F.embedding(torch.tensor([ids], device=self.device), self.embed)
+        cos, sin = self.cos[:t][None], self.sin[:t][None]
+        keys, values = [], []
+        for ly in self.layers:
+            q, k, v = (z.transpose(1, 2) for z in self._split(x, ly, cos, sin))
+            keys.append(k[0])
+            values.append(v[0])
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0, enable_gqa=self.nkv != self.nh)
+            x = self._mlp(self._out(x, o.transpose(1, 2).reshape(1, t, self.nh * self.d), ly), ly)
+        self.prefix = (torch.stack(keys), torch.stack(values))  # [layers, nkv, t, d]
+        return t
+
+    def prefill(
+        self, ids: torch.Tensor, lens: torch.Tensor, slots: torch.Tensor, after_prefix: bool = False
+    ) -> torch.Tensor:
         """Run right-padded prompts ``ids`` [n, T] (true lengths ``lens``), writing their keys and values into
-        cache ``slots`` at positions 0..T-1; returns the logits at each prompt's last token [n, vocab]."""
+        cache ``slots`` from position 0; with ``after_prefix`` the prompts continue the last set_prefix() and the
+        prefix goes into the slots first. Returns the logits at each prompt's last token [n, vocab]."""
         n, t = ids.shape
+        prefix = self.prefix if after_prefix else None
+        p = 0 if prefix is None else prefix[0].shape[2]
         x = F.embedding(ids, self.embed)
-        cos, sin = self.cos[:t][None], self.sin[:t][None]  # [1, t, heads, d]
+        cos, sin = self.cos[p : p + t][None], self.sin[p : p + t][None]  # [1, t, heads, d]
+        see = torch.ones(t, p + t, dtype=torch.bool, device=x.device).tril(diagonal=p) if p else None
         for i, ly in enumerate(self.layers):
             q, k, v = self._split(x, ly, cos, sin)  # [n, t, heads, d]
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            self.k[i][slots, :, :t] = k
-            self.v[i][slots, :, :t] = v
+            self.k[i][slots, :, p : p + t] = k
+            self.v[i][slots, :, p : p + t] = v
+            if prefix is not None:
+                self.k[i][slots, :, :p] = prefix[0][i]
+                self.v[i][slots, :, :p] = prefix[1][i]
+                k = torch.cat([prefix[0][i].expand(n, -1, -1, -1), k], dim=2)
+                v = torch.cat([prefix[1][i].expand(n, -1, -1, -1), v], dim=2)
             o = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=1.0, enable_gqa=self.nkv != self.nh
+                q, k, v, attn_mask=see, is_causal=see is None, scale=1.0, enable_gqa=self.nkv != self.nh
             )  # right padding: a real token never sees a pad, and pads' outputs are never read
             x = self._out(x, o.transpose(1, 2).reshape(n, t, self.nh * self.d), ly)
             x = self._mlp(x, ly)
