@@ -134,6 +134,7 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert by["distilled"]["parameters"] < by["teacher"]["parameters"]
     assert (rd / "report" / "report.html").exists() and (rd / "report" / "report.md").exists()
     assert "accuracy retention" in res.stdout
+    assert "the whole demo ≤ 2 minutes:" in res.stdout  # the time is a target too, checked and printed
 
 
 def test_full_demo_flow_on_a_small_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
