@@ -224,3 +224,30 @@ def test_a_shared_prompt_prefix_is_computed_once_with_the_same_answers(tiny_mode
     assert shared >= 4 and all(p[:shared] == prompts[0][:shared] for p in prompts)
     for p, o in zip(prompts, outs, strict=True):
         assert (o.tokens, o.finish) == _reference(lm.model, p, 10, stop)
+
+
+def test_thread_choice_follows_the_measured_step_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a busy machine one thread can be far faster than two: the decoder measures both and keeps the faster."""
+    import potstill.decode.engine as engine_mod
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clock = [0.0]
+        cost = {1: 1.0, 2: 20.0}  # two threads stall (another process holds a core)
+        monkeypatch.setattr(engine_mod.time, "perf_counter", lambda: clock[0])
+        th = engine_mod.Threads(True, period=10, trial=2)
+        used = []
+        for _ in range(10):
+            with th.step():
+                used.append(torch.get_num_threads())
+                clock[0] += cost[torch.get_num_threads()]
+            assert torch.get_num_threads() == 2  # restored after every step
+        assert used == [1, 1, 2, 2, 1, 1, 1, 1, 1, 1] and th.choice == 1
+        cost.update({1: 2.0, 2: 1.0})  # the machine is quiet again: the next trial switches back
+        for _ in range(5):
+            with th.step():
+                clock[0] += cost[torch.get_num_threads()]
+        assert th.choice == 2
+    finally:
+        torch.set_num_threads(before)
