@@ -13,6 +13,7 @@ from potstill.data.tasks import parse_math
 from potstill.demo import TEACHER_DIR, build_assets, check_targets, teacher_card
 from potstill.demo.task import SAMPLE_SEED, col_add, col_mul, col_sub, problems
 from potstill.demo.train_teacher import accuracy, training_rows
+from potstill.errors import PotstillError
 
 
 def _check_columns(text: str) -> None:
@@ -138,18 +139,42 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
 
 
 def test_full_demo_flow_on_a_small_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The full demo's order on 64 questions: gold-only trained for exactly the distilled student's steps, then
-    evaluation, the targets file, and a report that shows the targets."""
+    """The full demo's order on 64 questions: the gold-only student trained in its own process with the distilled
+    student's recipe (steps, batch size, learning rate) on the labelled rows, then evaluation, the targets file,
+    and a report that shows the targets."""
     import potstill.demo as demo
 
-    monkeypatch.setitem(demo.SIZES, False, {"train": 64, "validation": 16, "test": 16, "epochs": 2})
+    monkeypatch.setitem(demo.SIZES, False, {"train": 64, "validation": 16, "test": 16, "steps": 4})
     rd = demo.run_demo(tmp_path / "demo", quick=False)
     steps = json.loads((rd / "student" / "training_summary.json").read_text())["steps"]
     recipe = json.loads((rd / "assets" / "gold-only" / "recipe.json").read_text())
-    assert steps == 4 and recipe == {"rows": 16, "steps": 4, "batch_size": 32, "learning_rate": demo.LEARNING_RATE}
+    assert steps == 4 and recipe == {"rows": 16, "steps": 4, **demo.RECIPE}
+    assert (rd / "assets" / "gold-only.log").exists()  # written by its own process
     results = json.loads((rd / "eval" / "results.json").read_text())
     assert {m["name"] for m in results["models"]} == {"teacher", "baseline", "distilled", "gold-only"}
     targets = json.loads((rd / "eval" / "targets.json").read_text())["targets"]
     assert [t["target"] for t in targets] == [w for w, _, _ in check_targets(results)] and len(targets) == 6
     assert next(t for t in targets if t["target"].startswith("teacher"))["met"]  # the committed teacher, ≥ 90 %
     assert 'class="targets"' in (rd / "report" / "report.html").read_text()
+
+
+def test_gold_only_trains_once_per_recipe_and_reports_a_failed_process(tmp_path: Path) -> None:
+    """gold_only.start trains in a child process and skips a recipe already trained; a failed child is an error
+    that quotes its log."""
+    from potstill.demo import RECIPE, gold_only
+
+    build_assets(tmp_path, quick=True, log=lambda m: None)
+    student, labelled, out = tmp_path / "student", tmp_path / "labelled.jsonl", tmp_path / "gold-only"
+    labelled.write_text("".join((tmp_path / "validation.jsonl").read_text().splitlines(keepends=True)[:8]))
+    proc = gold_only.start(student, out, labelled, 2, RECIPE)
+    assert proc is not None
+    gold_only.wait(proc, out)
+    assert json.loads((out / "recipe.json").read_text()) == {"rows": 8, "steps": 2, **RECIPE}
+    assert (
+        _parameters(out) == _parameters(student)
+        and (out / "model.safetensors").read_bytes() != (student / "model.safetensors").read_bytes()
+    )
+    assert gold_only.start(student, out, labelled, 2, RECIPE) is None  # the same recipe: nothing to train
+    bad = gold_only.start(tmp_path / "no-such-student", tmp_path / "bad", labelled, 2, RECIPE)
+    with pytest.raises(PotstillError, match="gold-only student's training failed"):
+        gold_only.wait(bad, tmp_path / "bad")

@@ -159,8 +159,8 @@ def test_demo_and_quick_demo_never_share_a_student(tmp_path: Path, monkeypatch: 
     import potstill.demo as demo
 
     assert demo.default_run_dir(quick=True) != demo.default_run_dir(quick=False)
-    monkeypatch.setitem(demo.SIZES, False, {"train": 48, "validation": 16, "test": 16, "epochs": 2})
-    monkeypatch.setitem(demo.SIZES, True, {"train": 16, "validation": 8, "test": 8, "epochs": 2})
+    monkeypatch.setitem(demo.SIZES, False, {"train": 48, "validation": 16, "test": 16, "steps": 4})
+    monkeypatch.setitem(demo.SIZES, True, {"train": 16, "validation": 8, "test": 8, "steps": 2})
     rd = tmp_path / "demo"  # one folder for both, the harder case
     steps = {}
     for quick in (True, False, True):
@@ -170,4 +170,4 @@ def test_demo_and_quick_demo_never_share_a_student(tmp_path: Path, monkeypatch: 
         steps[quick] = steps.get(quick, summary["steps"])
         assert summary["resumed_from"] is None and summary["steps"] == steps[quick]
         assert (8 < rows <= 16) if quick else (16 < rows <= 48)
-    assert steps[True] == 2 and steps[False] == 4  # ceil(16/32) × 2 and ceil(48/32) × 2
+    assert steps[True] == 2 and steps[False] == 4  # each size's own step count

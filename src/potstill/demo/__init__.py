@@ -4,9 +4,10 @@
 
 The user's situation: 20,000 unlabelled two-step word problems and 500 labelled ones. Steps: write the splits
 (none overlaps the problems the teacher was trained on), save a random-init student that shares the teacher's
-tokenizer, write job.yaml, run generate → validate → train, train the gold-only baseline (the same student on the
-500 labelled problems for exactly as many steps as the distilled student took), then evaluate and report.
-``--quick`` answers a tenth of the questions and skips the gold-only baseline. The teacher (``demo/teacher``,
+tokenizer, write job.yaml, run generate → validate, then train the distilled student (the train stage) and, beside
+it in a second process, the gold-only baseline (the same student on the 500 labelled problems with the same recipe:
+steps, batch size, learning rate; ``gold_only.py``), one CPU thread each, then evaluate and report. ``--quick``
+answers a tenth of the questions and skips the gold-only baseline. The teacher (``demo/teacher``,
 trained by ``python -m potstill.demo.train_teacher``) ships with the package, so nothing is downloaded. Every
 answer is worked column by column ("47 + 38: 7 + 8 = 15, 4 + 3 + 1 = 8, so 85. ..."): with that scratchpad a
 small model learns carrying, where the bare "47 + 38 = 85" stays below 5 %.
@@ -14,8 +15,9 @@ small model learns carrying, where the bare "47 + 38 = 85" stays below 5 %.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,28 @@ from .task import SYSTEM, problems
 
 TEACHER_DIR = Path(__file__).with_name("teacher")
 # unlabelled training questions the teacher answers; labelled validation rows (also the gold-only student's data);
-# labelled test rows; epochs over the kept teacher answers
-# (--quick skips the gold-only baseline: it would double the student's training time)
+# labelled test rows; the students' optimiser steps (of RECIPE's batch size)
+# (--quick skips the gold-only baseline)
 SIZES = {
-    False: {"train": 20_000, "validation": 500, "test": 1000, "epochs": 4},
-    True: {"train": 2000, "validation": 200, "test": 300, "epochs": 13},
+    False: {"train": 20_000, "validation": 500, "test": 1000, "steps": 2200},
+    True: {"train": 2000, "validation": 200, "test": 300, "steps": 800},
 }
 STUDENT = {"hidden": 80, "layers": 2, "heads": 4}
-LEARNING_RATE = 3e-3
+# how both students train: two worked answers packed in each 192-token row, so a step of 16 rows learns from 32
+# answers with less padding; linear decay (measured against other batch sizes, learning rates, schedules and
+# initialisations from the teacher: docs/ablation.md)
+RECIPE: dict[str, Any] = {
+    "batch_size": 16,
+    "packing": True,
+    "max_seq_len": 192,
+    "learning_rate": 3e-3,
+    "warmup_ratio": 0.05,
+    "lr_schedule": "linear",
+    "weight_decay": 0.1,
+}
+# torch threads per student while the two train side by side (two one-thread processes on 2 cores: 2,200 steps in
+# ~300 s; one after the other on two threads each: ~330 s, and far slower when another job holds a core)
+SIDE_BY_SIDE_THREADS = 1
 MAX_TOKENS = 96  # a worked two-step answer is 45-75 tokens
 TARGETS = {
     "teacher_accuracy": 0.90,
@@ -89,43 +105,6 @@ def build_assets(assets: Path, quick: bool, log: Callable[[str], None]) -> dict[
     return size
 
 
-def _student_chat(row: dict[str, Any]) -> list[dict[str, str]]:
-    """What the student sees: the question alone (as in the job's rows), then the worked answer."""
-    return [{"role": "user", "content": str(row["prompt"])}, {"role": "assistant", "content": str(row["answer"])}]
-
-
-def train_gold_only(student_dir: Path, out: Path, labelled: list[dict[str, Any]], steps: int, log: Any) -> None:
-    """The baseline a user has without a teacher: the same student, trained on the labelled rows only, for
-    ``steps`` steps of the same batch size and learning rate as the distilled student (the same compute)."""
-    import torch
-
-    from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device
-    from ..train.data import encode_chat
-    from ..train.trainer import FitConfig, fit
-    from .tiny import save_model
-
-    recipe = {"rows": len(labelled), "steps": steps, "batch_size": 32, "learning_rate": LEARNING_RATE}
-    if (out / "recipe.json").exists() and json.loads((out / "recipe.json").read_text()) == recipe:
-        return
-    tok = load_tokenizer(str(student_dir))
-    model = load_causal_lm(str(student_dir), pick_device("cpu"), torch.float32)
-    log(f"demo: training the gold-only student on {len(labelled)} labelled problems ({steps} steps of 32)")
-    rows = [encode_chat(tok, _student_chat(r), 160) for r in labelled]
-    cfg = FitConfig(
-        learning_rate=LEARNING_RATE,
-        batch_size=32,
-        num_epochs=10**6,
-        max_steps=steps,
-        warmup_ratio=0.05,
-        weight_decay=0.1,
-        save_every=10**9,
-        seed=42,
-    )
-    fit(model, rows, [], cfg, tok.pad_token_id)
-    save_model(model, tok, out)
-    (out / "recipe.json").write_text(json.dumps(recipe) + "\n")
-
-
 def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
     size = SIZES[quick]
     return {
@@ -142,13 +121,10 @@ def demo_spec(assets: Path, quick: bool) -> dict[str, Any]:
         "generation": {"temperature": 0.0, "max_tokens": MAX_TOKENS},
         "filters": ["nonempty", "parse", {"max_tokens": MAX_TOKENS}],
         "hyperparameters": {
-            "learning_rate": LEARNING_RATE,
-            "batch_size": 32,
-            "num_epochs": size["epochs"],
+            **RECIPE,
+            "max_steps": size["steps"],
+            "num_epochs": 1000,  # max_steps ends the training
             "temperature": 0.7,
-            "max_seq_len": 160,
-            "warmup_ratio": 0.05,
-            "weight_decay": 0.1,
             "save_every": 200,
         },
         "evaluation": {
@@ -191,11 +167,8 @@ def _run_demo(run_dir: Path, quick: bool, log: Callable[[str], None]) -> Path:
     spec_dict = demo_spec(assets.resolve(), quick)
     (assets / "job.yaml").write_text(yaml.safe_dump(spec_dict, sort_keys=False))
     spec = validate_spec(spec_dict, source="demo")
-    run_pipeline(spec, run_dir, only=["generate", "validate", "train"], log=log)
-    if not quick:
-        steps = int(json.loads((run_dir / "student" / "training_summary.json").read_text())["steps"])
-        labelled = [json.loads(line) for line in (assets / "validation.jsonl").read_text().splitlines()]
-        train_gold_only(assets / "student", assets / "gold-only", labelled, steps, log)
+    run_pipeline(spec, run_dir, only=["generate", "validate"], log=log)
+    train_students(spec, run_dir, assets, quick, log)
     run_pipeline(spec, run_dir, only=["evaluate"], log=log)
     if not quick:  # the targets are the full demo's; the report shows them
         results = json.loads((run_dir / "eval" / "results.json").read_text())
@@ -203,6 +176,42 @@ def _run_demo(run_dir: Path, quick: bool, log: Callable[[str], None]) -> Path:
         RunDir(run_dir).write_json(run_dir / "eval" / "targets.json", {"targets": targets})
     run_pipeline(spec, run_dir, log=log)
     return run_dir
+
+
+def train_students(spec: Any, run_dir: Path, assets: Path, quick: bool, log: Callable[[str], None]) -> None:
+    """The train stage (the distilled student) and, in a second process at the same time, the gold-only student
+    (full demo only), with the same steps and RECIPE: SIDE_BY_SIDE_THREADS threads each while both train."""
+    from ..pipeline import run_pipeline
+    from . import gold_only
+
+    steps = SIZES[quick]["steps"]
+    proc = None
+    try:
+        if not quick:
+            proc = gold_only.start(assets / "student", assets / "gold-only", assets / "validation.jsonl", steps, RECIPE)
+            if proc is not None:
+                log(
+                    f"demo: training the gold-only student on the {SIZES[quick]['validation']} labelled problems "
+                    f"({steps} steps, the distilled student's recipe) beside the distilled student"
+                )
+        with _torch_threads(SIDE_BY_SIDE_THREADS if proc is not None else None):
+            run_pipeline(spec, run_dir, only=["train"], log=log)
+        gold_only.wait(proc, assets / "gold-only")
+    finally:
+        gold_only.stop(proc)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """``n`` torch threads inside the block (None: as they are)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
