@@ -126,13 +126,15 @@ def main() -> None:
     ap.add_argument("--hidden", default="")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--test", type=int, default=1000)
+    ap.add_argument("--train-rows", type=int, default=0, help="train on the first N questions only (0: all)")
     ap.add_argument("--out", type=Path, default=Path("runs/demo_recipe.jsonl"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     sp = splits(a.size == "quick")
     tok = load_tokenizer(str(TEACHER_DIR))
     model = student(tok, a)
-    rows = [encode_chat(tok, chat(r), 160) for r in sp["validation" if a.gold else "train"]]
+    source = sp["validation" if a.gold else "train"]
+    rows = [encode_chat(tok, chat(r), 160) for r in source[: a.train_rows or None]]
     examples_per_row = 1.0
     if a.packing:
         packed = pack(rows, a.packing)

@@ -302,7 +302,8 @@ def demo(
     rd = run_demo(run_dir or default_run_dir(quick), quick=quick, log=_say)
     print_results(rd)
     results = json.loads((rd / "eval" / "results.json").read_text())
-    out.print("the demo's targets" + (" (set for the full demo; --quick trains on a tenth)" if quick else "") + ":")
+    aside = " (set for the full demo; --quick trains for 800 steps, not 2,200)" if quick else ""
+    out.print(f"the demo's targets{aside}:")
     for what, measured, ok in check_targets(results):
         out.print(f"  {'✓' if ok else '✗'} {what}: {measured}", highlight=False)
     took = time.perf_counter() - t0

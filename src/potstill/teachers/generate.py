@@ -100,53 +100,63 @@ class Answerer:
                 return answer_remote(self.spec, self.rd, self.cache, pending, label, stage=self.stage)
 
     def _answer_local(self, pending: list[Request], label: str) -> None:
-        """Local teacher: length-sorted prompts through the continuous-batching decoder, committed to the cache
-        every few batches (a crash loses at most one chunk). Each request samples with a seed derived from its
-        cache key, so an answer does not depend on batching, chunking or what an earlier run already answered."""
-        from .hf import LocalModel
+        """Local teacher: every pending prompt through one run of the continuous-batching decoder (a freed slot
+        takes the next prompt until none is left, so only the run's end has a partly filled batch), each answer
+        committed to the cache as it ends, in groups of ``batch_size`` (a crash loses at most one group). Each
+        request samples with a seed derived from its cache key, so an answer does not depend on batching, order
+        or what an earlier run already answered."""
+        from .hf import Completion, LocalModel
 
         t, gen = self.spec.teacher, self.spec.generation
         assert isinstance(t, HFTeacher)
         if self._local is None:
             self._local = LocalModel.load(t.model, t.tokenizer, t.device, t.dtype)
         lm, bs = self._local, t.batch_size
-        lengths = lm.prompt_lengths([r.body["messages"] for r in pending])
-        pending = [r for _, r in sorted(zip(lengths, pending, strict=True), key=lambda p: p[0])]
+        group: list[tuple[Request, Completion]] = []
+
+        def commit() -> None:
+            if gen.stop:
+                for _, o in group:
+                    cut = min((o.text.find(s) for s in gen.stop if s in o.text), default=-1)
+                    if cut >= 0:
+                        o.text, o.finish_reason = o.text[:cut], "stop"
+            self.cache.put_many(
+                (
+                    r.key,
+                    r.body,
+                    o.text,
+                    {
+                        "finish_reason": o.finish_reason,
+                        "prompt_tokens": o.prompt_tokens,
+                        "completion_tokens": o.completion_tokens,
+                        "latency_s": o.latency_s,
+                        "extra": {"logprobs": o.logprobs} if o.logprobs else None,
+                    },
+                )
+                for r, o in group
+            )
+            self.rd.event(self.stage, "teacher_batch", split=label, n=len(group))
+            bar.advance(len(group))
+            group.clear()
+
+        def ended(i: int, c: Completion) -> None:
+            group.append((pending[i], c))
+            if len(group) >= bs:
+                commit()
+
         with progress(f"teacher answers ({label})", len(pending)) as bar:
-            step = 8 * bs  # slots are refilled within a chunk: its tail is the only partly filled batch
-            for i in range(0, len(pending), step):
-                chunk = pending[i : i + step]
-                outs = lm.generate(
-                    [r.body["messages"] for r in chunk],
-                    max_new_tokens=gen.max_tokens,
-                    temperature=self.spec.sampling_temperature,
-                    top_p=gen.top_p,
-                    batch_size=bs,
-                    seeds=[int(r.key[:15], 16) for r in chunk],
-                    logprobs=gen.logprobs,
-                )
-                if gen.stop:
-                    for o in outs:
-                        cut = min((o.text.find(s) for s in gen.stop if s in o.text), default=-1)
-                        if cut >= 0:
-                            o.text, o.finish_reason = o.text[:cut], "stop"
-                self.cache.put_many(
-                    (
-                        r.key,
-                        r.body,
-                        o.text,
-                        {
-                            "finish_reason": o.finish_reason,
-                            "prompt_tokens": o.prompt_tokens,
-                            "completion_tokens": o.completion_tokens,
-                            "latency_s": o.latency_s,
-                            "extra": {"logprobs": o.logprobs} if o.logprobs else None,
-                        },
-                    )
-                    for r, o in zip(chunk, outs, strict=True)
-                )
-                self.rd.event(self.stage, "teacher_batch", split=label, n=len(chunk))
-                bar.advance(len(chunk))
+            lm.generate(
+                [r.body["messages"] for r in pending],
+                max_new_tokens=gen.max_tokens,
+                temperature=self.spec.sampling_temperature,
+                top_p=gen.top_p,
+                batch_size=bs,
+                seeds=[int(r.key[:15], 16) for r in pending],
+                logprobs=gen.logprobs,
+                done=ended,
+            )
+            if group:
+                commit()
 
 
 def output_row(r: Request, ans: Answers) -> dict[str, Any]:

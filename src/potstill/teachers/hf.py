@@ -8,6 +8,7 @@ Used for the local teacher and, in evaluation, for every local model, so all are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,34 +150,54 @@ class LocalModel:
         seed: int | None = None,
         logprobs: int | None = None,
         seeds: list[int] | None = None,
+        done: Callable[[int, Completion], None] | None = None,
     ) -> list[Completion]:
         """Answer each conversation (``batch_size`` decoded together, continuously refilled); results in input
         order. A sampled answer depends only on its seed: ``seeds[i]``, else ``seed`` + its position. With
-        ``logprobs=k``, each Completion carries the top-k logprobs of every generated position."""
-        from ..decode.engine import Request
+        ``logprobs=k``, each Completion carries the top-k logprobs of every generated position. ``done(i,
+        completion)`` is called as each answer ends (in the order they end), before the call returns."""
+        from ..decode.engine import Output, Request
 
         texts = [self.chat_text(m) for m in conversations]
         enc = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        finished: list[Completion | None] = [None] * len(enc)
+
+        def ended(i: int) -> Callable[[Output], None]:
+            def call(o: Output) -> None:
+                finished[i] = c = self._completion(len(enc[i]), o)
+                if done is not None:
+                    done(i, c)
+
+            return call
+
         reqs = [
-            Request(list(ids), max_new_tokens, temperature, top_p, seeds[i] if seeds else (seed or 0) + i, logprobs)
+            Request(
+                list(ids),
+                max_new_tokens,
+                temperature,
+                top_p,
+                seeds[i] if seeds else (seed or 0) + i,
+                logprobs,
+                on_done=ended(i),
+            )
             for i, ids in enumerate(enc)
         ]
         outs = self.engine(batch_size).generate(reqs)
-        done = []
-        for ids, o in zip(enc, outs, strict=True):
-            text = self.tokenizer.decode(o.tokens, skip_special_tokens=True)
-            lp = None
-            if o.top is not None:
-                top_ids, top_vals = o.top
-                lp = {
-                    "tokens": self._piece(o.tokens),
-                    "top": [
-                        [[p, round(v, 4)] for p, v in zip(self._piece(i), vals, strict=True)]
-                        for i, vals in zip(top_ids, top_vals, strict=True)
-                    ],
-                    "token_ids": o.tokens,
-                    "top_ids": top_ids,
-                }
-            finish = "length" if o.finish == "length" else "stop"
-            done.append(Completion(text.strip(), finish, len(ids), len(o.tokens), o.seconds, lp))
-        return done
+        return [c or self._completion(len(ids), o) for c, ids, o in zip(finished, enc, outs, strict=True)]
+
+    def _completion(self, prompt_tokens: int, o: Any) -> Completion:
+        text = self.tokenizer.decode(o.tokens, skip_special_tokens=True)
+        lp = None
+        if o.top is not None:
+            top_ids, top_vals = o.top
+            lp = {
+                "tokens": self._piece(o.tokens),
+                "top": [
+                    [[p, round(v, 4)] for p, v in zip(self._piece(i), vals, strict=True)]
+                    for i, vals in zip(top_ids, top_vals, strict=True)
+                ],
+                "token_ids": o.tokens,
+                "top_ids": top_ids,
+            }
+        finish = "length" if o.finish == "length" else "stop"
+        return Completion(text.strip(), finish, prompt_tokens, len(o.tokens), o.seconds, lp)
