@@ -88,6 +88,7 @@ def _table(header: list[str], rows: list[list[str]], title: str) -> Table:
 def print_results(run_dir: Path) -> None:
     """The comparison table of a run (from eval/results.json), the derived numbers and where the report is."""
     from .report.tables import compact_rows, comparison_rows, derived_lines
+    from .train.advice import still_improving
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
@@ -99,6 +100,9 @@ def print_results(run_dir: Path) -> None:
         out.print(_table(*compact_rows(results), title="teacher vs student"))
     for line in derived_lines(results):
         out.print(f"  {line}")
+    summary = run_dir / "student" / "training_summary.json"
+    if summary.exists() and (more := still_improving(json.loads(summary.read_text()).get("history") or [])):
+        out.print(f"  ! {more.message()}", highlight=False)
     html = run_dir / "report" / "report.html"
     if html.exists():
         out.print(f"report: {html} (and report.md)")

@@ -21,6 +21,7 @@ import yaml
 from ..config import JobSpec
 from ..errors import EvaluationError
 from ..run_dir import RunDir, read_jsonl
+from ..train.advice import still_improving
 from . import plots
 from .tables import comparison_rows, derived_lines, derived_table, fmt, funnel_rows, ledger_rows, markdown_table
 
@@ -86,6 +87,12 @@ def _summary(ctx: dict[str, Any]) -> str:
     )
 
 
+def _advice(ctx: dict[str, Any]) -> str:
+    """The warning that the student was still improving when its training ended ("" when it was not)."""
+    more = still_improving(ctx["history"])
+    return more.message()[0].upper() + more.message()[1:] + "." if more else ""
+
+
 def _notes(ctx: dict[str, Any]) -> list[str]:
     models = ctx["results"]["models"]
     notes = []
@@ -117,6 +124,8 @@ def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
     parts = [f"# potstill report: {ctx['job'].get('name', '')}", "", _summary(ctx), "", "## Comparison", ""]
     parts += [markdown_table(*comparison_rows(res)), ""]
     parts += [f"- {line}" for line in derived_lines(res)]
+    if advice := _advice(ctx):
+        parts += ["", f"> **{advice}**"]
     header, rows = derived_table(res)
     if len(header) > 2:
         parts += ["", "### Every model against the teacher and the baseline", "", markdown_table(header, rows)]
@@ -147,6 +156,7 @@ def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> s
         summary=_summary(ctx).replace("**", "").replace("`", ""),
         comparison=comparison_rows(res),
         derived=derived_lines(res),
+        advice=_advice(ctx),
         derived_table=(header, rows) if len(header) > 2 else None,
         notes=[n.replace("`", "") for n in _notes(ctx)],
         targets=ctx["targets"],
