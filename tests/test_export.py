@@ -125,3 +125,42 @@ def test_cli_export_bad_format_and_missing_student(tmp_path: Path) -> None:
     (tmp_path / "job.yaml").write_text("name: x\n")
     r = run_cli("export", str(tmp_path), "--format", "hf,onnx")
     assert r.returncode == 1 and "no trained student" in r.stderr and "potstill train" in r.stderr
+
+
+def test_exported_folders_are_evaluated_beside_the_torch_student(exported: Path, tmp_path: Path) -> None:
+    """evaluation.models may name potstill export's ONNX folders (relative to the run): each gets its own row
+    with the same prompts and metrics; the fp32 ONNX answers equal the torch student's."""
+    import shutil
+
+    import yaml
+
+    from potstill.config import validate_spec
+    from potstill.evaluate.run import run_evaluate
+    from potstill.run_dir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    job = yaml.safe_load((run / "job.yaml").read_text())
+    job["evaluation"]["models"] = [
+        {"name": "onnx", "model": "export/onnx"},
+        {"name": "onnx-int8", "model": "export/onnx-int8"},
+    ]
+    run_evaluate(validate_spec(job, source="test"), RunDir(run))  # the stage alone: the run has no generate
+    res = json.loads((run / "eval" / "results.json").read_text())
+    by = {m["name"]: m for m in res["models"]}
+    assert {"distilled", "onnx", "onnx-int8"} <= set(by)
+    for name in ("onnx", "onnx-int8"):
+        m = by[name]
+        assert m["kind"] == "onnx" and m["model"] == str(run / "export" / name)
+        assert m["parameters"] == by["distilled"]["parameters"]
+        assert m["latency"]["p50_ms"] > 0 and m["throughput"]["answers_per_s"] > 0
+        assert m["memory"]["peak_tensor_mb"] is None and m["memory"]["weights_mb"] > 0
+        assert m["n_scored"] == by["distilled"]["n_scored"] > 0
+    assert by["onnx-int8"]["size_on_disk_mb"] < by["onnx"]["size_on_disk_mb"]
+    assert by["onnx-int8"]["dtype"].startswith("int8")
+
+    def answers(name: str) -> list[str]:
+        lines = (run / "eval" / "predictions" / f"{name}.jsonl").read_text().splitlines()
+        return [json.loads(x)["output"] for x in lines]
+
+    assert answers("onnx") == answers("distilled") and len(answers("onnx")) == by["distilled"]["n_scored"]

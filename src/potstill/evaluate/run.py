@@ -43,6 +43,7 @@ from ..errors import EvaluationError
 from ..run_dir import RunDir
 from . import perf
 from .derived import compare
+from .exported import evaluate_exported, is_exported, resolve
 from .metrics import task_metrics
 from .stats import metric_intervals, proportion_interval
 
@@ -71,7 +72,7 @@ def candidates(spec: JobSpec, rd: RunDir) -> list[Candidate]:
     if ev.baseline:
         out.append(Candidate("baseline", "baseline", st.model, st.tokenizer, st.device))
     out.append(Candidate("distilled", "distilled", str(rd.student), None, st.device))
-    out += [Candidate(m.name, "extra", m.model, m.tokenizer, m.device) for m in ev.models]
+    out += [Candidate(m.name, "extra", resolve(m.model, rd.root), m.tokenizer, m.device) for m in ev.models]
     return out
 
 
@@ -230,7 +231,10 @@ def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                 row, texts = evaluate_api_teacher(spec, rd, convs, ledger)
             row["cost_per_1k_answers_usd"] = cost_per_1k(ledger)
         else:
-            row, texts = evaluate_local(cand, student_convs, spec)
+            if is_exported(cand.model):  # potstill export's onnx / onnx-int8 folder
+                row, texts = evaluate_exported(cand.model, student_convs, spec.evaluation)
+            else:
+                row, texts = evaluate_local(cand, student_convs, spec)
             row["cost_per_1k_answers_usd"] = None
         scores, parsed, correct = score_row(task, spec, texts, refs, teacher_parsed, cand.role == "teacher")
         if cand.role == "teacher":
