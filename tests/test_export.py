@@ -164,3 +164,27 @@ def test_exported_folders_are_evaluated_beside_the_torch_student(exported: Path,
         return [json.loads(x)["output"] for x in lines]
 
     assert answers("onnx") == answers("distilled") and len(answers("onnx")) == by["distilled"]["n_scored"]
+
+
+def test_export_measures_each_format_against_torch(exported: Path, tmp_path: Path) -> None:
+    """`potstill export --measure N` evaluates torch and each exported format on N test rows and prints the table;
+    the fp32 ONNX answers are torch's; an export without --measure drops the earlier figures."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    res = run_cli("export", str(run), "--format", "onnx,onnx-int8", "--prompts", "2", "--measure", "6")
+    assert res.returncode == 0, res.stderr
+    measured = json.loads((run / "export" / "manifest.json").read_text())["measured"]
+    assert measured["split"] == "test" and measured["rows"] == len(QUESTIONS) - 6
+    by = {f["format"]: f for f in measured["formats"]}
+    assert list(by) == ["torch", "onnx", "onnx-int8"]
+    assert by["onnx"]["same_as_torch"] == 1.0 and by["onnx"]["accuracy"] == by["torch"]["accuracy"]
+    assert by["onnx-int8"]["size_mb"] < by["onnx"]["size_mb"]
+    assert all(f["p50_ms"] > 0 and f["answers_per_s"] > 0 for f in by.values())
+    out = " ".join(res.stdout.split())
+    assert "each format on 6 test rows" in out and "onnx-int8" in out and "speed-up" in out
+    again = run_cli("export", str(run), "--format", "onnx", "--prompts", "2", "--measure", "0")
+    assert again.returncode == 0, again.stderr
+    assert "measured" not in json.loads((run / "export" / "manifest.json").read_text())
+    assert "each format on" not in again.stdout

@@ -211,13 +211,22 @@ def export_cmd(
     min_int8_agreement: Annotated[
         float, typer.Option(help="share of prompts whose int8 greedy answer must equal torch's")
     ] = 0.5,
+    measure: Annotated[
+        int, typer.Option(min=0, help="evaluate torch and each format on this many test rows (0: skip)")
+    ] = 200,
 ) -> None:
     """Export the distilled student (merged HF, ONNX, ONNX int8), check parity, write the model card."""
     from .exporter import export
+    from .exporter.measure import table
 
-    done = export(run_dir, format, out_dir, prompts, max_new_tokens, min_int8_agreement, log=_say)
+    done = export(run_dir, format, out_dir, prompts, max_new_tokens, min_int8_agreement, _say, measure)
     for fmt, path in done.items():
         out.print(f"{fmt}: {path}  (model card: {path / 'README.md'})")
+    manifest = next(iter(done.values())).parent / "manifest.json" if done else None
+    measured = json.loads(manifest.read_text()).get("measured") if manifest and manifest.exists() else None
+    if measured:
+        title = f"each format on {measured['rows']} {measured['split']} rows (greedy; p50 at batch 1)"
+        out.print(_table(*table(measured), title=title))
 
 
 @app.command()

@@ -124,8 +124,11 @@ def export(
     max_new_tokens: int = 32,
     min_int8_agreement: float = 0.5,
     log: Callable[[str], None] | None = None,
+    measure_rows: int = 0,
 ) -> dict[str, Path]:
-    """Export a run's student (or a model folder) to each format, check parity, write the model card."""
+    """Export a run's student (or a model folder) to each format, check parity, write the model card. With
+    ``measure_rows`` and a run folder, the torch student and each format are also evaluated on that many test
+    rows (``measure.py``; manifest.json's "measured")."""
     from ..server.backends import LoadedModel, TorchBackend, load_model
     from .card import model_card
     from .onnx import export_onnx, quantize_int8
@@ -183,6 +186,13 @@ def export(
             )
         done[fmt] = folder
     manifest["exports"] = {k: v for k, v in manifest["exports"].items() if (dest / k).is_dir()}
+    if measure_rows > 0 and run_root is not None:
+        from .measure import measure
+
+        say(f"export: evaluating torch and {', '.join(done)} on {measure_rows} rows")
+        manifest["measured"] = measure(run_root, done, measure_rows)
+    else:
+        manifest.pop("measured", None)  # an earlier export's figures would not describe these files
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     card = model_card(run_root, manifest)
     atomic_write_text(dest / "README.md", card)

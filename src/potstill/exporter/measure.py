@@ -1,0 +1,81 @@
+"""What ``potstill export`` measures after exporting a run's student: the torch student and each exported format
+on the same rows of the run's test split (its validation split when there is none), with the evaluation's
+prompts, greedy decoding and scoring (``evaluate/``): accuracy with its 95 % interval, how often the format's
+answer equals the torch student's, latency p50 at batch 1, throughput and size on disk. Written to
+``export/manifest.json`` ("measured") and printed as a small table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import load_spec
+from ..data.cot import student_messages
+from ..data.jsonl import read_examples
+from ..data.tasks import task_for
+from ..evaluate.exported import evaluate_exported
+from ..evaluate.run import Candidate, evaluate_local, score_row
+
+
+def measure(run_root: Path, done: dict[str, Path], rows: int) -> dict[str, Any]:
+    """{"split", "rows", "formats": [{format, accuracy, accuracy_ci, same_as_torch, p50_ms, answers_per_s,
+    size_mb}]} for the torch student and each folder in ``done``."""
+    spec = load_spec(run_root / "job.yaml")
+    split = "test" if spec.data.test else "validation"
+    path = spec.data.test or spec.data.validation
+    examples = list(read_examples(path, split, spec.prompts.template))[:rows]
+    task = task_for(spec)
+    refs = [ex.reference for ex in examples]
+    convs = [student_messages(ex.messages, spec.generation.cot) for ex in examples]
+    ev = spec.evaluation
+    models: list[tuple[str, str]] = [("torch", str(run_root / "student")), *((f, str(p)) for f, p in done.items())]
+    out: list[dict[str, Any]] = []
+    torch_parsed: list[str | None] = []
+    for fmt, folder in models:
+        if (Path(folder) / "model.onnx").is_file():
+            row, texts = evaluate_exported(folder, convs, ev)
+        else:
+            row, texts = evaluate_local(Candidate(fmt, "distilled", folder, None, "cpu"), convs, spec)
+        scores, parsed, _ = score_row(task, spec, texts, refs, None)
+        if fmt == "torch":
+            torch_parsed = parsed
+        same = sum(p == t for p, t in zip(parsed, torch_parsed, strict=True)) / len(parsed) if parsed else None
+        ci = scores["intervals"].get("accuracy") or {}
+        out.append(
+            {
+                "format": fmt,
+                "accuracy": scores["accuracy"],
+                "accuracy_ci": [ci.get("lo"), ci.get("hi")] if ci else None,
+                "same_as_torch": same,
+                "p50_ms": (row.get("latency") or {}).get("p50_ms"),
+                "answers_per_s": (row.get("throughput") or {}).get("answers_per_s"),
+                "size_mb": row.get("size_on_disk_mb"),
+            }
+        )
+    return {"split": split, "rows": len(examples), "formats": out}
+
+
+def table(measured: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The printed table: one row per format, the speed-up against torch at batch 1."""
+
+    def pct(v: float | None) -> str:
+        return "–" if v is None else f"{100 * v:.1f} %"
+
+    base = next((f for f in measured["formats"] if f["format"] == "torch"), None)
+    rows = []
+    for f in measured["formats"]:
+        speed = base and base["p50_ms"] and f["p50_ms"] and base["p50_ms"] / f["p50_ms"]
+        rows.append(
+            [
+                f["format"],
+                pct(f["accuracy"]),
+                pct(f["same_as_torch"]),
+                "–" if f["p50_ms"] is None else f"{f['p50_ms']:.1f}",
+                "–" if not speed else f"{speed:.2f}×",
+                "–" if f["answers_per_s"] is None else f"{f['answers_per_s']:.1f}",
+                "–" if f["size_mb"] is None else f"{f['size_mb']:.2f}",
+            ]
+        )
+    header = ["format", "accuracy", "= torch", "p50 ms", "speed-up", "answers/s", "MB"]
+    return header, rows
