@@ -1,6 +1,7 @@
 """The command line: thin typer wrappers around the public functions.
 
     potstill run job.yaml [--run-dir runs/NAME]      every stage, resuming a previous run
+    potstill tune job.yaml [--trials N]              search the recipe (the spec's tune: section), keep the best
     potstill generate|validate|train|evaluate|report RUN_DIR     one stage of an existing run
     potstill status RUN_DIR                          each stage's state, counts and time
     potstill export RUN_DIR --format hf,onnx,onnx-int8   the student as a merged HF folder / ONNX (checked)
@@ -121,6 +122,28 @@ def run(
 
     j = load_job(job)
     rd = run_pipeline(j.spec, run_dir or j.default_run_dir(), force=force, log=_say)
+    print_results(rd.root)
+
+
+@app.command()
+@_guard
+def tune(
+    job: Annotated[Path, typer.Argument(help="the job YAML, with a tune: section")],
+    run_dir: Annotated[Path | None, typer.Option(help="run folder (default runs/<name>)")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="finished trials wanted (default tune.trials)")] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (default: SQLite in RUN_DIR/tune; postgresql://... shared)")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(min=0, help="start no trial after this many seconds")] = None,
+) -> None:
+    """Search the recipe and the student size on the validation split; promote the best student, test it."""
+    from .job import load_job
+    from .tune import run_tune
+    from .tune.summary import trials_table
+
+    j = load_job(job)
+    rd = run_tune(j.spec, run_dir or j.default_run_dir(), trials, storage, timeout, log=_say)
+    out.print(_table(*trials_table(json.loads((rd.root / "tune" / "summary.json").read_text()))))
     print_results(rd.root)
 
 

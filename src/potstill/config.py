@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .config_errors import _Strict, format_problems, suggest, yaml_lines
 from .config_remote import AzureOpenAITeacher, OpenAITeacher
+from .config_tune import TuneSpec, tune_problems
 from .errors import ConfigError
 from .filter_spec import FILTER_NAMES, filter_options
 
@@ -228,6 +229,7 @@ class JobSpec(_Strict):
     filters: list[str | dict[str, Any]] = Field(["nonempty", "parse", "max_tokens"])
     hyperparameters: Hyperparameters = Hyperparameters()
     evaluation: EvaluationSpec = EvaluationSpec()
+    tune: TuneSpec | None = Field(None, description="what `potstill tune` searches (docs/tuning.md)")
 
     @field_validator("teacher", mode="before")
     @classmethod
@@ -259,6 +261,25 @@ class JobSpec(_Strict):
                 except ValueError as exc:
                     problems.append(f"filters[{i}]: {exc}")
         if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_fits_the_job(cls, v: TuneSpec | None, info: ValidationInfo) -> TuneSpec | None:
+        if v is None or "task_type" not in info.data:
+            return v
+        base: dict[str, Any] | None = None
+        if all(k in info.data for k in ("name", "teacher", "student", "data")):
+            base = {
+                k: x.model_dump(mode="json", exclude_none=True) if hasattr(x, "model_dump") else x
+                for k, x in info.data.items()
+            }
+            try:
+                JobSpec.model_validate(base)
+            except ValidationError:
+                base = None  # the rest of the spec has problems of its own (reported beside these)
+        if problems := tune_problems(v, info.data["task_type"], base):
             raise ValueError("; ".join(problems))
         return v
 
@@ -298,14 +319,24 @@ class JobSpec(_Strict):
                 setattr(spec.data, field, (base / p).resolve())
         for part in (spec.teacher, spec.student, *spec.evaluation.models):
             for attr in ("model", "tokenizer"):
-                val = getattr(part, attr, None)
-                if val and _looks_local(val) and (base / val).exists():
-                    setattr(part, attr, str((base / val).resolve()))
+                if (val := getattr(part, attr, None)) and (local := _local(val, base)) != val:
+                    setattr(part, attr, local)
+        for path in ("student.model", "student.tokenizer"):  # a ladder of local students
+            entry = spec.tune.space.get(path) if spec.tune is not None else None
+            if entry is not None and entry.choices is not None:
+                entry.__dict__["choices"] = [_local(c, base) for c in entry.choices]
         return spec
 
     def public_dict(self) -> dict[str, Any]:
         """The spec as plain data (no secrets live in the spec: keys are named by variable)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _local(val: Any, base: Path) -> Any:
+    """``val`` made absolute against ``base`` when it names a local folder there."""
+    if isinstance(val, str) and _looks_local(val) and (base / val).exists():
+        return str((base / val).resolve())
+    return val
 
 
 def _looks_local(val: str) -> bool:

@@ -9,12 +9,14 @@ result = job.run(run_dir="runs/demo")       # ≡ potstill run job.yaml --run-di
 result.distilled.accuracy, result.accuracy_retention, result.performance_improvement
 
 job = potstill.load_job("job.yaml")         # the same object from a YAML spec
+result = job.tune(trials=20)                # ≡ potstill tune job.yaml --trials 20 (the spec's tune: section)
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,21 @@ class DistillationJob:
         from .pipeline import run_pipeline
 
         rd = run_pipeline(self.spec, run_dir or self.default_run_dir(), force=force)
+        return load_result(rd.root)
+
+    def tune(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        trials: int | None = None,
+        storage: str | None = None,
+        timeout: float | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> DistillationResult:
+        """Search the spec's ``tune:`` space on the validation split (continuing an earlier study), promote the
+        best student to the run's student/ and return its evaluation on the test split (docs/tuning.md)."""
+        from .tune import run_tune
+
+        rd = run_tune(self.spec, run_dir or self.default_run_dir(), trials, storage, timeout, log)
         return load_result(rd.root)
 
     def __repr__(self) -> str:

@@ -155,6 +155,12 @@ class RunDir:
     def mark_failed(self, name: str, error: str) -> None:
         self._update_stage(name, status="failed", error=error, finished=time.time())
 
+    def copy_stages(self, src: RunDir, names: Iterable[str]) -> None:
+        """Take ``src``'s state of each named stage as this folder's (tune: a trial starts from the run's finished
+        generate and validate; the winner's train stage becomes the run's)."""
+        for name in names:
+            self._update_stage(name, **src.stage(name))
+
     def invalidate(self, names: Iterable[str]) -> None:
         if not self.writer:
             return

@@ -10,8 +10,11 @@ changed input or --force starts from the untouched student, a crashed attempt re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,20 @@ from .dist import Dist
 from .kd import Distiller, attach_logprobs, check_tokenizers
 from .packing import pack
 from .tracking import Trackers
-from .trainer import FitConfig, fit
+from .trainer import FitConfig, OnValidation, fit
+
+_ON_VALIDATION: ContextVar[OnValidation | None] = ContextVar("potstill_on_validation", default=None)
+
+
+@contextlib.contextmanager
+def on_validation(hook: OnValidation) -> Iterator[None]:
+    """Training in this block calls ``hook(step, total_steps, val_loss, model)`` after each validation (tune's
+    pruning reports; the stage's signature stays that of every stage)."""
+    token = _ON_VALIDATION.set(hook)
+    try:
+        yield
+    finally:
+        _ON_VALIDATION.reset(token)
 
 
 def resolve_precision(choice: str, device: torch.device) -> str:
@@ -186,7 +202,17 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     try:
         key = dist.broadcast(rd.attempt_key("train"))  # rank 0's: state.json may lag on the others
         result = fit(
-            model, train_rows, val_rows, cfg, tok.pad_token_id, rd.checkpoints, log, distiller, dist, ckpt_key=key
+            model,
+            train_rows,
+            val_rows,
+            cfg,
+            tok.pad_token_id,
+            rd.checkpoints,
+            log,
+            distiller,
+            dist,
+            ckpt_key=key,
+            on_validation=_ON_VALIDATION.get(),
         )
     finally:
         if trackers is not None:

@@ -9,6 +9,8 @@ of the step, so accumulation and process count do not change the result:
     loss = (1 - alpha) * CE/N_target + alpha * KD/N_kd + weight * HIDDEN/N_tokens
 Validation loss (cross-entropy on the validation rows) every ``eval_every`` steps and at each epoch's end;
 early stopping after ``patience`` validations without improvement; the best weights are restored at the end.
+``on_validation(step, total_steps, val_loss, model)`` sees each validation (potstill tune scores the student
+there and may raise to stop a bad trial).
 Checkpoints (checkpoint.py) every ``save_every`` steps and at the end, each under ``ckpt_key``; after kill -9
 the next run with the same key resumes from the newest readable one and sees the batches an uninterrupted run
 would have seen. A different key never resumes: it trains from the model as given.
@@ -44,6 +46,7 @@ from .dist import Dist
 from .kd import Distiller, model_inputs
 
 Log = Callable[..., None]
+OnValidation = Callable[[int, int, float, Any], None]
 
 
 @dataclass
@@ -212,6 +215,7 @@ def fit(
     distiller: Distiller | None = None,
     dist: Dist | None = None,
     ckpt_key: str = "",
+    on_validation: OnValidation | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place (the best weights when there is validation data).
 
@@ -330,6 +334,8 @@ def fit(
                         best_mem = best["model"]
                     elif writer:
                         save_best(ckpt_dir, best, ckpt_key)
+                if on_validation is not None:
+                    on_validation(step, total, val, dist.unwrap(model))
                 if stopper.stop:
                     stopped = True
                     log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=round(stopper.best or 0, 5))

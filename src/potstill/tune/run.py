@@ -1,0 +1,147 @@
+"""potstill tune: search the train stage's settings on the validation split, then promote and test the winner.
+
+    run_tune(spec, "runs/support-bot", trials=20)      # ≡ potstill tune job.yaml --trials 20
+
+1. generate and validate run once, as in `potstill run` (the request cache: no teacher call is ever repeated);
+2. trials (tune/trials/NNN/, each an ordinary train -> evaluate run on the shared data/) until ``trials`` of
+   them finished (complete or pruned) or ``timeout`` seconds passed; each is scored on the validation split;
+3. the best feasible trial's student is promoted to student/, then evaluate (the test split, touched here
+   only) and report run as usual. tune/summary.json lists every trial and the winner.
+
+Re-running continues the same study (tune/study.sqlite): finished trials are kept, a trial killed mid-way is run
+again, and only complete and pruned trials count toward ``trials``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import JobSpec
+from ..data.jsonl import read_examples
+from ..errors import ConfigError, DataError, PotstillError, TrainingError
+from ..pipeline import run_lock, run_pipeline
+from ..run_dir import RunDir, read_jsonl
+from .study import default_storage, finished, open_study
+from .summary import best_trial, promote, summary, trial_line
+from .trial import Trial
+
+MAX_FAILS_IN_A_ROW = 3
+
+
+def run_tune(
+    spec: JobSpec,
+    run_dir: str | os.PathLike[str],
+    trials: int | None = None,
+    storage: str | None = None,
+    timeout: float | None = None,
+    log: Callable[[str], None] | None = None,
+) -> RunDir:
+    """Tune, promote the winner to ``run_dir``/student and evaluate it; returns the run folder."""
+    if spec.tune is None:
+        raise ConfigError("the job has no tune: section; add one with the space to search (see docs/tuning.md)")
+    say = log or (lambda msg: None)
+    target = spec.tune.trials if trials is None else trials
+    if target < 1:
+        raise ConfigError(f"--trials must be at least 1 (got {target})")
+    limit = spec.tune.timeout_s if timeout is None else timeout
+    _check_references(spec)
+    rd = RunDir(Path(run_dir))
+    with run_lock(rd):
+        run_pipeline(spec, rd.root, only=["generate", "validate"], log=say)
+        n_rows = sum(1 for _ in read_jsonl(rd.data / "train.jsonl"))
+        url = storage or default_storage(rd)
+        study = open_study(spec, rd, storage)
+        _search(study, Trial(spec, rd, n_rows, say), spec, rd, url, target, limit, say)
+        best = best_trial(study)
+        if best is None:
+            raise TrainingError(_no_winner(study, spec))
+        winner = RunDir(rd.root / best.user_attrs["folder"])
+        final = winner_spec(spec, winner)
+        promoted = promote(rd, winner)
+        if promoted:
+            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.value)
+            metric = spec.tune.metric(spec.task_type)
+            say(f"tune: #{best.number:03d} wins ({metric} {best.value:.3g} on validation), promoted to student/")
+        run_pipeline(final, rd.root, only=["evaluate", "report"], force=promoted, log=say)
+    return rd
+
+
+def _search(
+    study: Any,
+    objective: Trial,
+    spec: JobSpec,
+    rd: RunDir,
+    url: str,
+    target: int,
+    limit: float | None,
+    say: Callable[[str], None],
+) -> None:
+    from optuna.trial import TrialState
+
+    t0 = time.monotonic()
+    ran = fails = 0
+    if (done := finished(study)) > 0:
+        say(f"tune: continuing the study {study.study_name!r}: {done} of {target} trials finished earlier")
+    while finished(study) < target:
+        if limit is not None and time.monotonic() - t0 >= limit:
+            say(f"tune: {limit:g} s passed; no new trial started ({finished(study)} of {target} finished)")
+            break
+        if fails >= MAX_FAILS_IN_A_ROW:
+            last = study.get_trials(deepcopy=False)[-1].user_attrs.get("error", "see logs/events.jsonl")
+            raise TrainingError(f"{fails} trials in a row failed; the last: {last}")
+        objective.number = None
+        try:
+            study.optimize(objective, n_trials=1, catch=(PotstillError,), gc_after_trial=True)
+        except KeyboardInterrupt:
+            if objective.number is not None:
+                _requeue(study, objective.number)
+            raise
+        ran += 1
+        number = objective.number
+        s = summary(study, spec, url, target)
+        rd.write_json(rd.root / "tune" / "summary.json", s)
+        if number is None:
+            continue
+        state = next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
+        fails = fails + 1 if state == TrialState.FAIL else 0
+        say(trial_line(s, number, time.monotonic() - t0, ran))
+    rd.write_json(rd.root / "tune" / "summary.json", summary(study, spec, url, target))
+
+
+def _requeue(study: Any, number: int) -> None:
+    """An interrupted trial (Ctrl-C) runs again when the tune is re-run."""
+    t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if t.params:
+        study.enqueue_trial(dict(t.params), user_attrs={"retry_of": number})
+
+
+def _check_references(spec: JobSpec) -> None:
+    path = spec.data.validation
+    if not any(ex.reference is not None for ex in read_examples(path, "validation", spec.prompts.template)):
+        raise DataError(
+            f"{path}: no validation row has an answer; tune scores every trial on the validation split against "
+            'them: add answers (e.g. {"prompt": ..., "answer": ...} or an assistant turn)'
+        )
+
+
+def _no_winner(study: Any, spec: JobSpec) -> str:
+    assert spec.tune is not None
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
+    counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
+    if "complete" in states and spec.tune.objective.constraints:
+        return f"no trial met the constraints ({'; '.join(spec.tune.objective.constraints)}): {counts}"
+    return f"no trial completed ({counts}); see tune/summary.json"
+
+
+def winner_spec(spec: JobSpec, winner: RunDir) -> JobSpec:
+    """The job as the winning trial trained it (its student and hyperparameters), evaluated as the job says."""
+    d = yaml.safe_load(winner.job_yaml.read_text())
+    own = spec.public_dict()
+    d.update(data=own["data"], evaluation=own["evaluation"], tune=own["tune"])
+    return JobSpec.model_validate(d)

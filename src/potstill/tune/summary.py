@@ -1,0 +1,138 @@
+"""What a tune found: tune/summary.json, the line printed per trial, the winner and its promotion.
+
+summary.json:
+    {"study", "storage", "metric", "split": "validation", "direction", "constraints": [...], "target_trials",
+     "finished" (complete + pruned), "complete", "pruned", "failed",
+     "trials": [{"number", "state", "params", "value" (complete trials), "last_report" (the last value reported
+                 during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
+                 "train_seconds", "seconds", "folder", "pruned_at_pct", "retry_of", "error"}],
+     "best": {"number", "params", "value", "folder"} | null}
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from ..config import JobSpec
+from ..run_dir import RunDir, atomic_replace_dir
+from .study import shown_url
+
+
+def _row(t: Any, metric: str) -> dict[str, Any]:
+    a = t.user_attrs
+    return {
+        "number": t.number,
+        "state": t.state.name.lower(),
+        "params": dict(t.params),
+        "value": t.value if t.state.name == "COMPLETE" else None,
+        "last_report": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
+        "feasible": a.get("feasible"),
+        "latency_ms_p50": a.get("latency_ms_p50"),
+        "parameters": a.get("parameters"),
+        "train_seconds": a.get("train_seconds"),
+        "seconds": a.get("seconds"),
+        "folder": a.get("folder"),
+        "pruned_at_pct": a.get("pruned_at_pct"),
+        "retry_of": t.user_attrs.get("retry_of"),
+        "error": a.get("error"),
+    }
+
+
+def best_trial(study: Any) -> Any | None:
+    """The best complete trial that met every constraint (ties: the earlier), or None."""
+    from optuna.trial import TrialState
+
+    ok = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+    if not ok:
+        return None
+    sign = 1 if study.direction.name == "MAXIMIZE" else -1
+    return max(ok, key=lambda t: (sign * t.value, -t.number))
+
+
+def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
+    assert spec.tune is not None
+    metric = spec.tune.metric(spec.task_type)
+    trials = [t for t in study.get_trials() if t.state.name != "WAITING"]
+    states = [t.state.name for t in trials]
+    best = best_trial(study)
+    return {
+        "study": study.study_name,
+        "storage": shown_url(url),
+        "metric": metric,
+        "split": "validation",
+        "direction": spec.tune.objective.direction,
+        "constraints": spec.tune.objective.constraints,
+        "target_trials": target,
+        "finished": states.count("COMPLETE") + states.count("PRUNED"),
+        "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
+        "trials": [_row(t, metric) for t in trials],
+        "best": None
+        if best is None
+        else {"number": best.number, "params": best.params, "value": best.value, "folder": best.user_attrs["folder"]},
+    }
+
+
+def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int) -> str:
+    """``tune 3/20 #002 accuracy 0.833, best 0.917 #001, 1 pruned, 14 s, eta 4 min`` (fits 80 columns)."""
+    t = next(r for r in s["trials"] if r["number"] == number)
+    if t["state"] == "complete":
+        outcome = f"{s['metric']} {t['value']:.3g}"
+    elif t["state"] == "pruned":
+        outcome = f"pruned at {t['pruned_at_pct']}%"
+    else:
+        outcome = f"{t['state']}: {t['error'] or 'see logs/events.jsonl'}"
+    if t["state"] == "complete" and t["feasible"] is False:
+        outcome += " (infeasible)"
+    best = s["best"]
+    parts = [f"tune {s['finished']}/{s['target_trials']} #{number:03d} {outcome}"]
+    parts.append(f"best {best['value']:.3g} #{best['number']:03d}" if best else "no best yet")
+    parts.append(f"{s['pruned']} pruned")
+    if s["failed"]:
+        parts.append(f"{s['failed']} failed")
+    parts.append(f"{t['seconds'] or 0:.0f} s")
+    left = s["target_trials"] - s["finished"]
+    if left > 0 and session_n:
+        eta = left * session_s / session_n
+        parts.append(f"eta {eta:.0f} s" if eta < 90 else f"eta {eta / 60:.0f} min")
+    return ", ".join(parts)
+
+
+def trials_table(s: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
+    """Header, rows and title of the console's table of trials (from summary.json)."""
+    rows = [
+        [
+            f"#{t['number']:03d}",
+            t["state"]
+            + (" (infeasible)" if t["feasible"] is False else "")
+            + (f" at {t['pruned_at_pct']}%" if t["pruned_at_pct"] is not None else ""),
+            ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in t["params"].items()),
+            "–" if t["value"] is None else f"{t['value']:.4g}",
+            "–" if t["latency_ms_p50"] is None else f"{t['latency_ms_p50']:.1f}",
+        ]
+        for t in s["trials"]
+    ]
+    best = f", best #{s['best']['number']:03d}" if s["best"] else ""
+    header = ["trial", "state", "parameters", f"{s['metric']} (validation)", "latency p50 ms"]
+    return header, rows, f"tune: {s['finished']} of {s['target_trials']} trials finished{best}"
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v).rsplit("/", 1)[-1] if isinstance(v, str) else str(v)
+
+
+def promote(rd: RunDir, trial_root: RunDir) -> bool:
+    """Make the trial's student the run's (swapped in whole) and its train stage the run's; False when it already
+    is (a re-run after the tune finished)."""
+    if rd.stage("train") == trial_root.stage("train") and rd.student.exists():
+        return False
+    tmp = rd.root / ".student.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(trial_root.student, tmp)
+    atomic_replace_dir(tmp, rd.student)
+    rd.copy_stages(trial_root, ["train"])
+    return True

@@ -1,0 +1,99 @@
+"""One trial: an ordinary train -> evaluate run in runs/<name>/tune/trials/NNN/, on the job's teacher data.
+
+    value = Trial(spec, rd, metric, n_rows, log)(optuna_trial)     # the Optuna objective
+
+The trial folder's data/ is a link to the job's data/ and its state.json starts from the job's finished
+generate and validate stages, so the ordinary pipeline trains and evaluates there as in any run (and the folder
+can be inspected, reported or exported like one). Its checkpoints are removed when it ends: student/ holds the
+result. What it measured goes into the trial's user attributes, which summary.json and the constraints read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config import JobSpec
+from ..config_tune import MEASURES
+from ..errors import EvaluationError, PotstillError
+from ..pipeline import run_pipeline
+from ..run_dir import RunDir
+from ..train.stage import on_validation
+from .pruning import Reporter, metric_of
+from .space import suggest, trial_spec
+
+
+def trial_dir(rd: RunDir, number: int) -> Path:
+    return rd.root / "tune" / "trials" / f"{number:03d}"
+
+
+def prepare(folder: Path, rd: RunDir) -> None:
+    """A run folder that reads ``rd``'s data/ and starts after its validate stage."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "data"
+    if not link.is_symlink():
+        shutil.rmtree(link, ignore_errors=True)
+        link.symlink_to(os.path.relpath(rd.data, folder), target_is_directory=True)
+    RunDir(folder).copy_stages(rd, ["generate", "validate"])
+
+
+def measures(folder: Path, metric: str) -> dict[str, Any]:
+    """The distilled student's numbers in a finished trial: the metric, every task metric, speed and size."""
+    results = json.loads((folder / "eval" / "results.json").read_text())
+    row = next(r for r in results["models"] if r["role"] == "distilled")
+    lat, mem = row.get("latency") or {}, row.get("memory") or {}
+    out: dict[str, Any] = {name: metric_of(row, name) for name in row.get("metrics") or {}}
+    out.update(
+        latency_ms_p50=lat.get("p50_ms"),
+        latency_ms_p95=lat.get("p95_ms"),
+        parameters=row.get("parameters"),
+        size_on_disk_mb=row.get("size_on_disk_mb"),
+        peak_memory_mb=mem.get("peak_tensor_mb"),
+        train_seconds=RunDir(folder).stage("train").get("elapsed_s"),
+    )
+    if out.get(metric) is None:
+        raise EvaluationError(f"{folder}: the validation split gave no {metric} (do its rows have answers?)")
+    return out
+
+
+class Trial:
+    """The objective Optuna calls: apply the trial's parameters, train and evaluate, return the metric."""
+
+    def __init__(self, spec: JobSpec, rd: RunDir, n_rows: int, log: Callable[[str], None]) -> None:
+        assert spec.tune is not None
+        self.spec, self.rd, self.n_rows, self.log = spec, rd, n_rows, log
+        self.metric = spec.tune.metric(spec.task_type)
+        self.limits = spec.tune.objective.parsed()
+        self.number: int | None = None  # the trial running now (for an interrupt)
+
+    def __call__(self, trial: Any) -> float:
+        tune = self.spec.tune
+        assert tune is not None
+        self.number = trial.number
+        params = suggest(trial, tune.space)
+        folder = trial_dir(self.rd, trial.number)
+        trial.set_user_attr("folder", str(folder.relative_to(self.rd.root)))
+        spec = trial_spec(self.spec, params, self.n_rows)
+        prepare(folder, self.rd)
+        t0 = time.monotonic()
+        try:
+            with on_validation(Reporter(trial, spec, self.metric, tune.reports, tune.report_rows)):
+                run_pipeline(spec, folder, only=["train", "evaluate"])
+            got = measures(folder, self.metric)
+        except PotstillError as exc:
+            trial.set_user_attr("error", str(exc).splitlines()[0][:300])
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - t0, 2))
+            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        for name in (self.metric, *MEASURES):
+            trial.set_user_attr(name, got.get(name))
+        violations = [c.violation(float(got[c.name])) if got.get(c.name) is not None else 1.0 for c in self.limits]
+        trial.set_user_attr("violations", violations)
+        trial.set_user_attr("feasible", all(v <= 0 for v in violations))
+        return float(got[self.metric])
