@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..config import JobSpec
+from ..config_errors import format_problems
 from ..config_tune import Param, spec_field, with_params
+from ..errors import ConfigError
 from ..pipeline import fingerprints
 from ..run_dir import file_digest, fingerprint
 
@@ -49,7 +53,10 @@ def trial_spec(spec: JobSpec, params: dict[str, Any], n_rows: int) -> JobSpec:
         ev["metrics"].append("latency")
     if "peak_memory_mb" in limits and "memory" not in ev["metrics"]:
         ev["metrics"].append("memory")
-    out = JobSpec.model_validate(d)
+    try:
+        out = JobSpec.model_validate(d)
+    except ValidationError as exc:  # values inside the checked bounds can still clash (the trial fails alone)
+        raise ConfigError(format_problems(exc, JobSpec, "trial", {})) from None
     every = max(1, fit_config(out).total_steps(n_rows) // spec.tune.reports)
     own = out.hyperparameters.eval_every
     out.hyperparameters.eval_every = min(own, every) if own else every
