@@ -17,7 +17,7 @@ from conftest import job_dict, run_cli
 
 from potstill import DistillationJob
 from potstill.config import load_spec, validate_spec
-from potstill.errors import ConfigError
+from potstill.errors import ConfigError, DataError
 from potstill.run_dir import RunDir
 from potstill.tune import run_tune
 
@@ -114,9 +114,9 @@ def test_validation_without_answers_is_refused_before_anything_runs(tiny_models:
     val.write_text(
         "".join(json.dumps({"prompt": json.loads(r)["prompt"]}) + "\n" for r in val.read_text().splitlines())
     )
-    with pytest.raises(Exception, match="no validation row has an answer") as err:
+    with pytest.raises(DataError, match="no validation row has an answer") as err:
         run_tune(validate_spec(d), tmp_path / "run")
-    assert getattr(err.value, "exit_code", None) == 2
+    assert err.value.exit_code == 2
     assert not (tmp_path / "run").exists()
 
 
