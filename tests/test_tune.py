@@ -166,7 +166,11 @@ def test_three_trials_promote_the_best_feasible_and_generate_once(tiny_models: d
     results = json.loads((rd / "eval" / "results.json").read_text())
     assert results["split"] == "test" and [m["name"] for m in results["models"]] == ["teacher", "baseline", "distilled"]
     assert yaml.safe_load((rd / "job.yaml").read_text())["hyperparameters"]["learning_rate"] == GOOD
-    assert (rd / "report" / "report.html").exists()
+    # the report's Tuning section: every trial, its state and parameters, the winner named
+    md = (rd / "report" / "report.md").read_text()
+    assert "## Tuning" in md and "3 of 3 trials finished, best #002" in md
+    assert all(f"| #00{n} | complete" in md for n in range(3)) and "complete (infeasible)" in md
+    assert '<table class="tuning">' in (rd / "report" / "report.html").read_text()
 
     # generation ran once: the teacher's batches are in the run's log only, and a re-run asks nothing again
     events = RunDir(rd).events()

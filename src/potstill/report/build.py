@@ -73,6 +73,7 @@ def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "history": loss_history(rd),
         "ledger": generation_ledger(rd),
         "targets": _json(rd.eval / "targets.json").get("targets") or [],
+        "tuning": _json(rd.root / "tune" / "summary.json"),
     }
 
 
@@ -91,6 +92,15 @@ def _advice(ctx: dict[str, Any]) -> str:
     """The warning that the student was still improving when its training ended ("" when it was not)."""
     more = still_improving(ctx["history"])
     return more.message()[0].upper() + more.message()[1:] + "." if more else ""
+
+
+def _tuning(ctx: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:
+    """The table of a tune's trials (tune/summary.json), or None for a run that was not tuned."""
+    if not ctx.get("tuning"):
+        return None
+    from ..tune.summary import trials_table
+
+    return trials_table(ctx["tuning"])
 
 
 def _notes(ctx: dict[str, Any]) -> list[str]:
@@ -139,6 +149,16 @@ def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
         parts += ["## Teacher outputs kept", "", markdown_table(*funnel_rows(ctx["filter_report"])), ""]
     if ctx["ledger"]:
         parts += ["## Generation ledger", "", markdown_table(*ledger_rows(ctx["ledger"])), ""]
+    if tuning := _tuning(ctx):
+        header, rows, title = tuning
+        parts += [
+            "## Tuning",
+            "",
+            f"{title} (Optuna; each trial scored on the validation split; the winner was then tested once).",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
     parts += ["## Stages", "", markdown_table(*_stage_rows(ctx)), ""]
     parts += ["## Job spec", "", "```yaml", ctx["job_text"].rstrip(), "```", ""]
     return "\n".join(parts)
@@ -167,6 +187,7 @@ def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> s
         funnel=funnel_rows(ctx["filter_report"]) if ctx["filter_report"] else None,
         ledger=ledger_rows(ctx["ledger"]) if ctx["ledger"] else None,
         stages=_stage_rows(ctx),
+        tuning=_tuning(ctx),
         job_text=ctx["job_text"],
     )
 
