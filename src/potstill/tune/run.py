@@ -10,6 +10,12 @@
 
 Re-running continues the same study (tune/study.sqlite): finished trials are kept, a trial killed mid-way is run
 again, and only complete and pruned trials count toward ``trials``.
+
+Several workers (the same command with one ``--storage postgresql://...`` on several machines): each counts the
+finished and running trials and starts the next one under the study's ``CreationLock``, so the study ends with
+exactly ``trials`` finished trials; a worker whose remaining budget is held by other workers' running trials
+waits for them (and takes over one that fails or whose worker dies). The winner may have been trained on another
+machine: its settings are then trained again here (tune/trials/NNN-winner/) and that student is promoted.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from ..data.jsonl import read_examples
 from ..errors import ConfigError, DataError, PotstillError, TrainingError
 from ..pipeline import run_lock, run_pipeline
 from ..run_dir import RunDir, read_jsonl
-from .study import default_storage, finished, open_study
+from .study import CreationLock, default_storage, finished, open_study, running
 from .summary import best_trial, promote, summary, trial_line
-from .trial import Trial
+from .trial import Trial, is_here, retrain
 
 MAX_FAILS_IN_A_ROW = 3
+POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
 
 
 def run_tune(
@@ -61,7 +68,15 @@ def run_tune(
         best = best_trial(study)
         if best is None:
             raise TrainingError(_no_winner(study, spec))
-        winner = RunDir(rd.root / best.user_attrs["folder"])
+        if is_here(rd, best.user_attrs):
+            winner = RunDir(rd.root / best.user_attrs["folder"])
+        else:
+            say(
+                f"tune: #{best.number:03d} wins; it was trained by another worker "
+                f"({best.user_attrs.get('host')}:{best.user_attrs.get('run_dir')}): training it again here"
+            )
+            winner = retrain(spec, rd, n_rows, best.number, dict(best.params))
+            rd.event("tune", "retrained", trial=best.number, folder=str(winner.root.relative_to(rd.root)))
         final = winner_spec(spec, winner)
         promoted = promote(rd, winner)
         if promoted:
@@ -86,32 +101,59 @@ def _search(
 
     t0 = time.monotonic()
     ran = fails = 0
+    last_error = "see logs/events.jsonl"
     if (done := finished(study)) > 0:
         say(f"tune: continuing the study {study.study_name!r}: {done} of {target} trials finished earlier")
-    while finished(study) < target:
-        if limit is not None and time.monotonic() - t0 >= limit:
-            say(f"tune: {limit:g} s passed; no new trial started ({finished(study)} of {target} finished)")
-            break
-        if fails >= MAX_FAILS_IN_A_ROW:
-            last = study.get_trials(deepcopy=False)[-1].user_attrs.get("error", "see logs/events.jsonl")
-            raise TrainingError(f"{fails} trials in a row failed; the last: {last}")
-        objective.number = None
-        try:
-            study.optimize(objective, n_trials=1, catch=(PotstillError,), gc_after_trial=True)
-        except KeyboardInterrupt:
-            if objective.number is not None:
-                _requeue(study, objective.number)
-            raise
-        ran += 1
-        number = objective.number
-        s = summary(study, spec, url, target)
-        rd.write_json(rd.root / "tune" / "summary.json", s)
-        if number is None:
-            continue
-        state = next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
-        fails = fails + 1 if state == TrialState.FAIL else 0
-        say(trial_line(s, number, time.monotonic() - t0, ran))
+    lock = CreationLock(url, study.study_name)
+    objective.started = lock.release  # the trial exists: other workers may count it now
+    waiting = False
+    try:
+        while True:
+            if limit is not None and time.monotonic() - t0 >= limit:
+                say(f"tune: {limit:g} s passed; no new trial started ({finished(study)} of {target} finished)")
+                break
+            if fails >= MAX_FAILS_IN_A_ROW:
+                raise TrainingError(f"{fails} trials in a row failed; the last: {last_error}")
+            with lock.held():  # count, then start the next trial, with no other worker in between
+                done, busy = finished(study), running(study)
+                if done >= target:
+                    break
+                if done + busy >= target:  # the rest of the budget is held by trials running elsewhere
+                    if not waiting:
+                        say(f"tune: {done} of {target} finished; waiting for {busy} trial(s) of other workers")
+                    waiting = True
+                    number = None
+                else:
+                    waiting = False
+                    number = _one_trial(study, objective)
+            if waiting:
+                time.sleep(POLL_S)  # outside the lock; a trial that fails or whose worker dies is taken over
+                continue
+            ran += 1
+            s = summary(study, spec, url, target)
+            rd.write_json(rd.root / "tune" / "summary.json", s)
+            if number is None:
+                continue
+            t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+            fails = fails + 1 if t.state == TrialState.FAIL else 0
+            last_error = t.user_attrs.get("error", last_error)
+            say(trial_line(s, number, time.monotonic() - t0, ran))
+    finally:
+        lock.close()
     rd.write_json(rd.root / "tune" / "summary.json", summary(study, spec, url, target))
+
+
+def _one_trial(study: Any, objective: Trial) -> int | None:
+    """Run one trial (called holding the creation lock, which the objective releases as soon as its trial
+    exists); its number, or None when it failed before it began."""
+    objective.number = None
+    try:
+        study.optimize(objective, n_trials=1, catch=(PotstillError,), gc_after_trial=True)
+    except KeyboardInterrupt:
+        if objective.number is not None:
+            _requeue(study, objective.number)
+        raise
+    return objective.number
 
 
 def _requeue(study: Any, number: int) -> None:

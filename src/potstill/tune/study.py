@@ -7,14 +7,23 @@ Resume: the default storage lives in the run folder, whose lock this process hol
 there belongs to a process that died (kill -9, power loss): it is marked failed and its parameters are queued to
 run again first. A shared ``--storage`` URL (several workers) relies on Optuna's heartbeats instead: a trial
 whose worker stopped beating for ``GRACE_S`` is failed and queued again by the next worker that starts a trial.
+
+Several workers: ``CreationLock`` serialises "count the finished and running trials, then start the next one"
+across the processes sharing a study (a PostgreSQL advisory lock; a file lock beside a SQLite file), so a study
+ends with exactly ``tune.trials`` finished trials however many workers share it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import importlib.util
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..config import JobSpec
 from ..errors import PotstillError
@@ -28,6 +37,67 @@ FINGERPRINT = "potstill_fingerprint"
 
 def default_storage(rd: RunDir) -> str:
     return f"sqlite:///{(rd.root / 'tune' / 'study.sqlite').resolve()}"
+
+
+def engine_url(url: str) -> str:
+    """``postgresql://`` with the driver that is installed: SQLAlchemy 2.1 picks psycopg (3) for a bare
+    ``postgresql://``, while potstill's ``postgres`` extra installs psycopg2."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme) and importlib.util.find_spec("psycopg") is None:
+            return "postgresql+psycopg2://" + url[len(scheme) :]
+    return url
+
+
+class CreationLock:
+    """Held while a worker counts the study's trials and starts the next one, so that two workers never both
+    start the last trial. PostgreSQL: a transaction-level advisory lock on the study's name, released when its
+    transaction ends (a dead worker's lock goes with its connection); SQLite: a flock on ``<file>.lock`` (one
+    machine); other storages: no lock. ``release`` may be called more than once."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url, self.name = engine_url(url), study_name
+        self._engine: Any = None
+        self._conn: Any = None
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        if self.url.startswith("postgresql"):
+            import sqlalchemy as sa
+            from sqlalchemy.pool import NullPool
+
+            if self._engine is None:
+                self._engine = sa.create_engine(self.url, poolclass=NullPool)
+            key = int.from_bytes(hashlib.sha256(f"potstill tune {self.name}".encode()).digest()[:8], "big", signed=True)
+            self._conn = self._engine.connect()
+            self._conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        elif self.url.startswith("sqlite:///") and self.url != "sqlite:///:memory:":
+            path = Path(self.url.removeprefix("sqlite:///").split("?")[0])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(f"{path}.lock", "a")  # noqa: SIM115 (closed by release)
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.rollback()  # ends the transaction, and with it the lock
+            conn.close()
+        if self._file is not None:
+            f, self._file = self._file, None
+            f.close()  # drops the flock
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        self.release()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
 
 def shown_url(url: str) -> str:
@@ -74,10 +144,22 @@ def open_study(spec: JobSpec, rd: RunDir, storage: str | None) -> Any:
     url = storage or default_storage(rd)
     if storage is None:
         Path(rd.root / "tune").mkdir(parents=True, exist_ok=True)
+    lock = CreationLock(url, spec.name)
+    try:
+        with lock.held():  # workers starting together create the tables, the study and its queue once
+            return _open(spec, storage, url)
+    finally:
+        lock.close()
+
+
+def _open(spec: JobSpec, storage: str | None, url: str) -> Any:
+    import optuna
+
+    assert spec.tune is not None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # heartbeats are marked experimental
         backend = optuna.storages.RDBStorage(
-            url,
+            engine_url(url),
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
@@ -123,3 +205,14 @@ def finished(study: Any) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def running(study: Any) -> int:
+    """Trials running now (in this worker or another); a dead worker's are failed and queued again first."""
+    import optuna
+    from optuna.trial import TrialState
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
+        optuna.storages.fail_stale_trials(study)
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))

@@ -5,7 +5,7 @@ summary.json:
      "finished" (complete + pruned), "complete", "pruned", "failed",
      "trials": [{"number", "state", "params", "value" (complete trials), "last_report" (the last value reported
                  during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
-                 "train_seconds", "seconds", "folder", "pruned_at_pct", "retry_of", "error"}],
+                 "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "retry_of", "error"}],
      "best": {"number", "params", "value", "folder"} | null}
 """
 
@@ -33,6 +33,7 @@ def _row(t: Any, metric: str) -> dict[str, Any]:
         "train_seconds": a.get("train_seconds"),
         "seconds": a.get("seconds"),
         "folder": a.get("folder"),
+        "host": a.get("host"),
         "pruned_at_pct": a.get("pruned_at_pct"),
         "retry_of": t.user_attrs.get("retry_of"),
         "error": a.get("error"),

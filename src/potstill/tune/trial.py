@@ -5,7 +5,9 @@
 The trial folder's data/ is a link to the job's data/ and its state.json starts from the job's finished
 generate and validate stages, so the ordinary pipeline trains and evaluates there as in any run (and the folder
 can be inspected, reported or exported like one). Its checkpoints are removed when it ends: student/ holds the
-result. What it measured goes into the trial's user attributes, which summary.json and the constraints read.
+result. What it measured goes into the trial's user attributes, which summary.json and the constraints read,
+with the host and run folder that trained it (with several workers the winner may live on another machine:
+``retrain`` trains it again here, in tune/trials/NNN-winner/, with the same settings and seed).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +33,30 @@ from .space import suggest, trial_spec
 
 def trial_dir(rd: RunDir, number: int) -> Path:
     return rd.root / "tune" / "trials" / f"{number:03d}"
+
+
+def where(rd: RunDir) -> dict[str, str]:
+    """The machine and run folder a trial is trained in (user attributes ``host`` and ``run_dir``)."""
+    return {"host": socket.gethostname(), "run_dir": str(rd.root.resolve())}
+
+
+def is_here(rd: RunDir, attrs: dict[str, Any]) -> bool:
+    """Whether a trial with these user attributes was trained in this run folder on this machine (a trial from
+    before hosts were recorded is taken as this folder's)."""
+    here = where(rd)
+    return all(attrs.get(k, v) == v for k, v in here.items())
+
+
+def retrain(spec: JobSpec, rd: RunDir, n_rows: int, number: int, params: dict[str, Any]) -> RunDir:
+    """Train trial ``number``'s settings again in tune/trials/NNN-winner/ (not a trial of the study): the winner
+    of a study shared by several workers when another machine trained it. Done once: a re-run finds it there."""
+    folder = trial_dir(rd, number).with_name(f"{number:03d}-winner")
+    prepare(folder, rd)
+    try:
+        run_pipeline(trial_spec(spec, params, n_rows), folder, only=["train", "evaluate"])
+    finally:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return RunDir(folder)
 
 
 def prepare(folder: Path, rd: RunDir) -> None:
@@ -70,14 +97,18 @@ class Trial:
         self.metric = spec.tune.metric(spec.task_type)
         self.limits = spec.tune.objective.parsed()
         self.number: int | None = None  # the trial running now (for an interrupt)
+        self.started: Callable[[], None] = lambda: None  # called once the trial exists (releases CreationLock)
 
     def __call__(self, trial: Any) -> float:
         tune = self.spec.tune
         assert tune is not None
         self.number = trial.number
+        self.started()
         params = suggest(trial, tune.space)
         folder = trial_dir(self.rd, trial.number)
         trial.set_user_attr("folder", str(folder.relative_to(self.rd.root)))
+        for key, value in where(self.rd).items():
+            trial.set_user_attr(key, value)
         spec = trial_spec(self.spec, params, self.n_rows)
         prepare(folder, self.rd)
         t0 = time.monotonic()
