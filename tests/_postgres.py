@@ -28,7 +28,7 @@ def find_bin() -> Path | None:
     on_path = shutil.which("initdb")
     if on_path and shutil.which("pg_ctl"):
         return Path(on_path).parent
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4] or 0))
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: (len(p), p))  # 9.6 < 15 < 16
     return Path(found[-1]).parent if found else None
 
 
