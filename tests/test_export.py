@@ -188,3 +188,20 @@ def test_export_measures_each_format_against_torch(exported: Path, tmp_path: Pat
     assert again.returncode == 0, again.stderr
     assert "measured" not in json.loads((run / "export" / "manifest.json").read_text())
     assert "each format on" not in again.stdout
+
+
+def test_onnx_threads_one_for_a_small_model_else_as_asked(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small ONNX model decodes on one onnxruntime thread (overhead-bound: faster, and no stall on a busy
+    core); a large one keeps onnxruntime's default; an explicit count always wins."""
+    import potstill.server.backends as backends
+
+    model = exported / "export" / "onnx" / "model.onnx"
+
+    def threads(b: backends.OnnxBackend) -> int:
+        return int(b.session.get_session_options().intra_op_num_threads)
+
+    assert threads(backends.OnnxBackend(model)) == 1
+    assert threads(backends.OnnxBackend(model, threads=2)) == 2
+    monkeypatch.setattr(backends, "SMALL_ONNX_BYTES", 0)  # as if the model were large
+    assert backends.default_threads(model) is None
+    assert threads(backends.OnnxBackend(model)) == 0  # 0: onnxruntime's own choice, one per core
