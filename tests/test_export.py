@@ -184,6 +184,8 @@ def test_export_measures_each_format_against_torch(exported: Path, tmp_path: Pat
     assert all(f["p50_ms"] > 0 and f["answers_per_s"] > 0 for f in by.values())
     out = " ".join(res.stdout.split())
     assert "each format on 6 test rows" in out and "onnx-int8" in out and "speed-up" in out
+    card = (run / "export" / "onnx-int8" / "README.md").read_text()  # the model card carries the same table
+    assert "## Each format measured" in card and "| onnx-int8 |" in card and "same 6 test rows" in card
     again = run_cli("export", str(run), "--format", "onnx", "--prompts", "2", "--measure", "0")
     assert again.returncode == 0, again.stderr
     assert "measured" not in json.loads((run / "export" / "manifest.json").read_text())

@@ -97,6 +97,16 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
         "whose greedy answers have identical tokens; ms/answer = mean at batch 1, greedy, on this machine "
         f"({manifest.get('machine', '?')})."
     )
+    if measured := manifest.get("measured"):
+        from .measure import table
+
+        parts += ["", "## Each format measured", ""]
+        parts.append(
+            f"The torch student and each export on the same {measured['rows']} {measured['split']} rows (greedy; "
+            "accuracy against the references; `= torch`: the same parsed answer as the torch student; p50 at "
+            f"batch 1 and answers/s on this machine, {manifest.get('machine', '?')})."
+        )
+        parts += ["", markdown_table(*table(measured))]
     parts += ["", "## Use", "", "```bash", "potstill serve <this folder>    # OpenAI-compatible, 127.0.0.1:8000", "```"]
     parts += [
         "",
