@@ -47,14 +47,14 @@ def _parameters(folder: Path) -> int | None:
 
 def evaluate_exported(model: str, convs: list[Any], ev: Any) -> tuple[dict[str, Any], list[str]]:
     """One exported folder through the evaluation prompts: its row (as evaluate_local's) and its answers."""
-    from ..server.backends import ONNX_META, load_model
+    from ..server.backends import ONNX_META, load_model, onnx_bytes
 
     folder = Path(model)
     lm = load_model(folder)
     lm.decoder.slots = max(1, ev.batch_size)
     outs, thr = perf.throughput(lm, convs, ev.max_new_tokens, ev.batch_size)
     meta = json.loads((folder / ONNX_META).read_text())
-    weights = sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("model.onnx")) / 2**20
+    weights = onnx_bytes(folder / "model.onnx") / 2**20
     row: dict[str, Any] = {
         "kind": "onnx",
         "device": "cpu (onnxruntime)",

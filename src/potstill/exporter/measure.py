@@ -14,7 +14,7 @@ from ..config import load_spec
 from ..data.cot import student_messages
 from ..data.jsonl import read_examples
 from ..data.tasks import task_for
-from ..evaluate.exported import evaluate_exported
+from ..evaluate.exported import evaluate_exported, is_exported
 from ..evaluate.run import Candidate, evaluate_local, score_row
 
 
@@ -33,7 +33,7 @@ def measure(run_root: Path, done: dict[str, Path], rows: int) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     torch_parsed: list[str | None] = []
     for fmt, folder in models:
-        if (Path(folder) / "model.onnx").is_file():
+        if is_exported(folder):
             row, texts = evaluate_exported(folder, convs, ev)
         else:
             row, texts = evaluate_local(Candidate(fmt, "distilled", folder, None, "cpu"), convs, spec)

@@ -91,7 +91,10 @@ def _summary(ctx: dict[str, Any]) -> str:
 def _advice(ctx: dict[str, Any]) -> str:
     """The warning that the student was still improving when its training ended ("" when it was not)."""
     more = still_improving(ctx["history"])
-    return more.message()[0].upper() + more.message()[1:] + "." if more else ""
+    if more is None:
+        return ""
+    msg = more.message()
+    return msg[0].upper() + msg[1:] + "."
 
 
 def _tuning(ctx: dict[str, Any]) -> tuple[list[str], list[list[str]], str] | None:

@@ -68,8 +68,12 @@ def default_threads(path: Path) -> int | None:
     answers/s at batch 256 (int8: 162 vs 127) and 34 vs 38 ms at batch 1, and when another process held a core
     the default pool stalled the batch-1 answer to 85 ms (one thread: 37 ms). Large models are matrix-bound and
     keep every core."""
-    size = sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
-    return 1 if size < SMALL_ONNX_BYTES else None
+    return 1 if onnx_bytes(path) < SMALL_ONNX_BYTES else None
+
+
+def onnx_bytes(path: Path) -> int:
+    """The size of an ONNX model file and its external-data files (model.onnx*)."""
+    return sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
 
 
 class OnnxBackend:
