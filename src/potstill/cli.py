@@ -4,7 +4,7 @@
     potstill tune job.yaml [--trials N]              search the recipe (the spec's tune: section), keep the best
     potstill generate|validate|train|evaluate|report RUN_DIR     one stage of an existing run
     potstill status RUN_DIR                          each stage's state, counts and time
-    potstill export RUN_DIR --format hf,onnx,onnx-int8   the student as a merged HF folder / ONNX (checked)
+    potstill export RUN_DIR --format hf,onnx,onnx-int8,gguf-q8_0   merged HF / ONNX / GGUF (each checked)
     potstill serve MODEL_DIR|RUN_DIR [--port 8000]   an OpenAI-compatible server on 127.0.0.1
     potstill compare RUN_DIR... [--model NAME]       several runs side by side
     potstill demo [--quick]                          the offline demo
@@ -226,19 +226,22 @@ def status(run_dir: RunDirArg) -> None:
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (its student/) or a model folder")],
     format: Annotated[
-        list[str], typer.Option("--format", "-f", help="hf | onnx | onnx-int8; repeat or comma-separate")
+        list[str],
+        typer.Option(
+            "--format", "-f", help="hf | onnx | onnx-int8 | gguf | gguf-q8_0 | gguf-q4_k_m; repeat or comma-separate"
+        ),
     ] = ["hf"],  # noqa: B006  (typer reads the default; it is never mutated)
     out_dir: Annotated[Path | None, typer.Option("--out", help="where to write (default RUN_DIR/export)")] = None,
     prompts: Annotated[int, typer.Option(help="fixed prompts for the parity check and timing")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="greedy tokens per parity prompt")] = 32,
     min_int8_agreement: Annotated[
-        float, typer.Option(help="share of prompts whose int8 greedy answer must equal torch's")
+        float, typer.Option(help="share of prompts whose quantized (onnx-int8, gguf-q*) greedy answer equals torch's")
     ] = 0.5,
     measure: Annotated[
         int, typer.Option(min=0, help="evaluate torch and each format on this many test rows (0: skip)")
     ] = 200,
 ) -> None:
-    """Export the distilled student (merged HF, ONNX, ONNX int8), check parity, write the model card."""
+    """Export the distilled student (merged HF, ONNX, ONNX int8, GGUF), check parity, write the model card."""
     from .exporter import export
     from .exporter.measure import table
 
@@ -255,12 +258,14 @@ def export_cmd(
 @app.command()
 @_guard
 def serve(
-    path: Annotated[Path, typer.Argument(help="a model folder, an ONNX export folder, or a run folder")],
+    path: Annotated[Path, typer.Argument(help="a model folder, an ONNX or GGUF export folder, or a run folder")],
     host: Annotated[
         str, typer.Option(help="interface to bind; 0.0.0.0 exposes it to the network (needs --api-key-env)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    format: Annotated[str, typer.Option(help="for a run folder: auto (student/) | hf | onnx | onnx-int8")] = "auto",
+    format: Annotated[
+        str, typer.Option(help="for a run folder: auto (student/) | hf | onnx | onnx-int8 | gguf | gguf-q8_0 | ...")
+    ] = "auto",
     model_name: Annotated[str | None, typer.Option(help="the model id clients send (default: folder name)")] = None,
     api_key_env: Annotated[
         str | None, typer.Option(help="NAME of the env variable holding the key clients must send as Bearer")

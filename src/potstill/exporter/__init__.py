@@ -1,13 +1,17 @@
-"""`potstill export RUN_DIR --format hf|onnx|onnx-int8`: the distilled student, ready to leave the run folder.
+"""`potstill export RUN_DIR --format hf|onnx|onnx-int8|gguf|gguf-q8_0|gguf-q4_k_m`: the distilled student, ready
+to leave the run folder.
 
     export("runs/x", formats=["hf", "onnx-int8"])    # -> {"hf": Path("runs/x/export/hf"), "onnx-int8": ...}
 
 hf: merged weights (LoRA folded in) as safetensors + tokenizer + chat template + generation config.
 onnx: one decoder graph with past key/values (incremental generation). onnx-int8: the same with dynamic int8
-weights. Every export is checked against the torch student on fixed prompts (max |Δlogit|, greedy answers equal,
-latency per answer) and a model card (README.md) records the teacher, the data kept, the hyperparameters, the
-evaluation table and these checks. An export that fails its check is removed and the command fails (exit 1).
-Layout: RUN_DIR/export/{hf,onnx,onnx-int8}/, RUN_DIR/export/manifest.json, RUN_DIR/export/README.md.
+weights. gguf, gguf-q8_0, gguf-q4_k_m: one GGUF file for llama.cpp and Ollama (f16, 8-bit, 4-bit K-quant) with
+its tokenizer and chat template, and an Ollama Modelfile (``gguf.py``); llama.cpp's tokenizer must give the Hugging
+Face tokenizer's ids on every string of ``gguf_check.varied_strings``. Every export is checked against the torch
+student on fixed prompts (max |Δlogit|, greedy answers equal, latency per answer; a GGUF through llama.cpp itself)
+and a model card (README.md) records the teacher, the data kept, the hyperparameters, the evaluation table and these
+checks. An export that fails its check is removed and the command fails (exit 1).
+Layout: RUN_DIR/export/{hf,onnx,onnx-int8,gguf,...}/, RUN_DIR/export/manifest.json, RUN_DIR/export/README.md.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from typing import Any
 from ..errors import ConfigError, ExportError, PotstillError
 from ..evaluate.perf import size_on_disk_mb
 from ..run_dir import atomic_write_text
+from .gguf import QUANTS as GGUF_QUANTS
+from .gguf import write_gguf
 
-FORMATS = ("hf", "onnx", "onnx-int8")
+FORMATS = ("hf", "onnx", "onnx-int8", "gguf", "gguf-q8_0", "gguf-q4_k_m")
 FP32_RTOL = 1e-3  # fp32 exports: max |Δlogit| <= FP32_RTOL * max(1, max |logit|), and every greedy answer equal
+GGUF_MIN_AGREEMENT = 0.95  # gguf (f16): greedy answers equal to torch's on >= 95 % of the prompts
+LOW_BIT = ("onnx-int8", "gguf-q8_0", "gguf-q4_k_m")  # quantized: checked against --min-int8-agreement
 
 
 def parse_formats(formats: str | Iterable[str]) -> list[str]:
@@ -109,9 +117,30 @@ def _save_hf(model: Any, tok: Any, out: Path) -> None:
     atomic_replace_dir(tmp, out)
 
 
+def _export_gguf(model: Any, tok: Any, folder: Path, fmt: str, name: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Write the GGUF folder and check llama.cpp's tokenizer against the student's; the manifest's extra fields."""
+    from ..server.backends import GGUF_FILE
+    from .gguf_check import tokenizer_parity
+
+    info = write_gguf(model, tok, folder, GGUF_QUANTS[fmt], name=name)
+    tokens = tokenizer_parity(tok, folder / GGUF_FILE)
+    say(f"export {fmt}: llama.cpp's tokenizer equals the student's on {tokens['equal']}/{tokens['strings']} strings")
+    if tokens["equal"] != tokens["strings"]:
+        shutil.rmtree(folder, ignore_errors=True)
+        bad = tokens["mismatches"][0]
+        raise ExportError(
+            f"{fmt}: llama.cpp tokenizes {tokens['strings'] - tokens['equal']} of {tokens['strings']} test strings "
+            f"differently from the student's tokenizer (first: {bad['text']!r} -> {bad['gguf']} instead of "
+            f"{bad['hf']}); the export was removed: its pre-tokenizer has no llama.cpp equivalent, export onnx instead"
+        )
+    return {"gguf": info, "tokenizer_check": tokens}
+
+
 def _passed(fmt: str, check: dict[str, Any], min_int8_agreement: float) -> bool:
-    if fmt == "onnx-int8":
+    if fmt in LOW_BIT:
         return check["greedy_agreement"] >= min_int8_agreement
+    if fmt.startswith("gguf"):
+        return check["greedy_agreement"] >= GGUF_MIN_AGREEMENT
     tol = FP32_RTOL * max(1.0, check["logit_scale"])
     return check["max_abs_logit_diff"] <= tol and check["greedy_equal"] == check["prompts"]
 
@@ -154,10 +183,13 @@ def export(
     for fmt in fmts:
         folder = dest / fmt
         say(f"export {fmt}: writing {folder}")
+        extra: dict[str, Any] = {}
         if fmt == "hf":
             _save_hf(model, tok, folder)
         elif fmt == "onnx":
             export_onnx(model, tok, folder)
+        elif fmt in GGUF_QUANTS:
+            extra = _export_gguf(model, tok, folder, fmt, (run_root or src).name, say)
         else:
             fp32 = dest / "onnx" if "onnx" in done else dest / ".onnx-fp32"
             if fp32 != dest / "onnx":
@@ -169,7 +201,7 @@ def export(
         check = parity(reference, load_model(folder, device="cpu"), convs, max_new_tokens)
         ok = _passed(fmt, check, min_int8_agreement)
         size = size_on_disk_mb(folder)
-        manifest["exports"][fmt] = {"path": str(folder), "size_mb": size, "parity": check, "passed": ok}
+        manifest["exports"][fmt] = {"path": str(folder), "size_mb": size, "parity": check, "passed": ok, **extra}
         say(
             f"export {fmt}: max |Δlogit| {check['max_abs_logit_diff']:.2e}, greedy equal "
             f"{check['greedy_equal']}/{check['prompts']}, {check['latency_ms']['export']:.1f} ms/answer "
@@ -182,7 +214,7 @@ def export(
             raise ExportError(
                 f"{fmt} export failed its parity check (max |Δlogit| {check['max_abs_logit_diff']:.3g}, greedy "
                 f"equal {check['greedy_equal']}/{check['prompts']}); the export was removed"
-                + ("; lower --min-int8-agreement or ship the fp32 onnx export" if fmt == "onnx-int8" else "")
+                + ("; lower --min-int8-agreement or ship a higher-precision export" if fmt in LOW_BIT else "")
             )
         done[fmt] = folder
     manifest["exports"] = {k: v for k, v in manifest["exports"].items() if (dest / k).is_dir()}

@@ -29,6 +29,8 @@ def _fmt(v: Any, spec: str) -> str:
 
 def exports_table(manifest: dict[str, Any]) -> str:
     header = ["format", "folder", "size (MB)", "max abs Δlogit", "greedy equal", "ms/answer torch → export", "check"]
+    if any("tokenizer_check" in e for e in manifest.get("exports", {}).values()):
+        header.insert(-1, "tokenizer ids equal")
     rows = []
     for fmt, e in manifest.get("exports", {}).items():
         p = e.get("parity") or {}
@@ -44,6 +46,9 @@ def exports_table(manifest: dict[str, Any]) -> str:
                 "passed" if e.get("passed") else "FAILED",
             ]
         )
+        if len(header) > len(rows[-1]):
+            tc = e.get("tokenizer_check")
+            rows[-1].insert(-1, f"{tc['equal']}/{tc['strings']} strings" if tc else "–")
     return markdown_table(header, rows)
 
 
@@ -116,6 +121,23 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
         'model = AutoModelForCausalLM.from_pretrained("<hf folder>")',
         "```",
     ]
+    ggufs = [f for f in manifest.get("exports", {}) if f.startswith("gguf")]
+    if ggufs:
+        pick = "gguf-q8_0" if "gguf-q8_0" in ggufs else ggufs[0]
+        parts += [
+            "",
+            "### llama.cpp and Ollama",
+            "",
+            f"Each `gguf*/` folder holds `model.gguf` (weights, tokenizer and chat template) and an Ollama `Modelfile`"
+            f" ({', '.join(f'`{g}`' for g in ggufs)}).",
+            "",
+            "```bash",
+            f"llama-cli -m {pick}/model.gguf -cnv                 # llama.cpp: chat with the GGUF's chat template",
+            f"llama-server -m {pick}/model.gguf --port 8080       # llama.cpp: an OpenAI-compatible server",
+            f"cd {pick} && ollama create student -f Modelfile && ollama run student   # Ollama",
+            f"potstill serve {pick}                               # potstill over llama.cpp (llama-cpp-python)",
+            "```",
+        ]
     return "\n".join(parts) + "\n"
 
 

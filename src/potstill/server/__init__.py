@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import ConfigError, PotstillError
 
-SERVE_FORMATS = ("auto", "hf", "onnx", "onnx-int8")
+SERVE_FORMATS = ("auto", "hf", "onnx", "onnx-int8", "gguf", "gguf-q8_0", "gguf-q4_k_m")
 
 
 def resolve_model_dir(path: str | os.PathLike[str], format: str = "auto") -> tuple[Path, str]:

@@ -27,6 +27,7 @@ from ..decode.text import Result, Row, generate_text
 from ..errors import PotstillError
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype
 
+GGUF_FILE = "model.gguf"  # written by the GGUF export (exporter/gguf.py) beside the Hugging Face tokenizer files
 ONNX_META = "potstill_onnx.json"  # written by the ONNX export beside model.onnx: input/output names and shapes
 
 
@@ -124,8 +125,13 @@ class LoadedModel:
         self.stop_ids = stop_token_ids(tokenizer)
 
     @cached_property
-    def decoder(self) -> Engine:
-        """The decoder (8 slots until the server sets ``decoder.slots``), kept so its cache buffers are reused."""
+    def decoder(self) -> Any:
+        """The decoder (8 slots until the server sets ``decoder.slots``), kept so its cache buffers are reused;
+        a GGUF model's is llama.cpp's (``llamacpp.LlamaCppDecoder``, one sequence at a time)."""
+        if self.kind == "gguf":
+            from .llamacpp import LlamaCppDecoder
+
+            return LlamaCppDecoder(self.backend, self.stop_ids)
         onnx = self.kind == "onnx"
         model, step = (None, self.backend.step) if onnx else (self.backend.model, None)
         return Engine(model, self.stop_ids, 8, self.pad_id or 0, forward=step)
@@ -155,13 +161,17 @@ class LoadedModel:
 
 
 def model_kind(path: Path) -> str:
-    """'onnx' for a folder with model.onnx, 'torch' for a Hugging Face folder; PotstillError otherwise."""
+    """'onnx' for a folder with model.onnx, 'gguf' for one with model.gguf, 'torch' for a Hugging Face folder;
+    PotstillError otherwise."""
     if (path / "model.onnx").is_file():
         return "onnx"
+    if (path / GGUF_FILE).is_file():
+        return "gguf"
     if (path / "config.json").is_file():
         return "torch"
     raise PotstillError(
-        f"{path}: no model here (expected config.json + weights, or model.onnx from `potstill export`); "
+        f"{path}: no model here (expected config.json + weights, or model.onnx / model.gguf from `potstill "
+        "export`); "
         "give a model folder or a run folder"
     )
 
@@ -173,5 +183,9 @@ def load_model(path: str | Path, device: str = "auto", dtype: str = "auto", thre
     tok.padding_side = "left"
     if kind == "onnx":
         return LoadedModel(OnnxBackend(p / "model.onnx", threads), tok, p)
+    if kind == "gguf":
+        from .llamacpp import LlamaCppBackend
+
+        return LoadedModel(LlamaCppBackend(p / GGUF_FILE, threads), tok, p)
     dev = pick_device(device)
     return LoadedModel(TorchBackend(load_causal_lm(str(p), dev, pick_dtype(dtype, dev))), tok, p)
