@@ -84,6 +84,31 @@ def test_onnx_int8_answers_through_onnxruntime(exported: Path) -> None:
     assert r.choices[0].message.content and r.usage.completion_tokens > 0
 
 
+def test_a_lone_onnx_request_keeps_its_past_in_onnxruntime(exported: Path) -> None:
+    """A request alone runs on the I/O-bound sequential path (the past never leaves onnxruntime); several run on the
+    batching engine. Both give the same tokens, greedy and sampled with a seed, and the same logprobs."""
+    from potstill.decode.text import Row
+    from potstill.server.backends import load_model
+
+    lm = load_model(exported / "export" / "onnx")
+    prompts = [lm.encode([{"role": "user", "content": q}]) for q, _ in QUESTIONS[:4]]
+
+    def rows() -> list[Row]:
+        return [
+            Row(p, max_new_tokens=10, temperature=0.9 if k % 2 else 0.0, seed=k, logprobs=2)
+            for k, p in enumerate(prompts)
+        ]
+
+    batched = lm.run(rows())
+    assert lm.decoder.lone.runs == 0 and lm.decoder.engine.runs == 1
+    alone = [lm.run([r])[0] for r in rows()]
+    assert lm.decoder.lone.runs == len(prompts) and lm.decoder.engine.runs == 1
+    for a, b in zip(alone, batched, strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert [e["token"] for e in a.logprobs] == [e["token"] for e in b.logprobs]
+        assert np.allclose([e["logprob"] for e in a.logprobs], [e["logprob"] for e in b.logprobs], atol=1e-4)
+
+
 def test_failed_parity_removes_the_export(exported: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import potstill.exporter as ex
 

@@ -12,15 +12,15 @@ turn, and a server's waiting requests join as each ends.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..decode.engine import Output, Request, _Live, _record, pick
 from ..errors import PotstillError
 
 SMALL_GGUF_BYTES = 64 << 20  # below this a step is overhead-bound: one thread (as for ONNX, backends.py)
@@ -36,6 +36,12 @@ def _llama_cpp() -> Any:
         ) from e
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     return llama_cpp
+
+
+def _close(ref: weakref.ref[Any]) -> None:
+    llm = ref()
+    if llm is not None:
+        llm.close()
 
 
 def vocab_model(path: Path) -> Any:
@@ -67,6 +73,7 @@ class LlamaCppBackend:
             logits_all=False,
             verbose=False,
         )
+        atexit.register(_close, weakref.ref(self.llm))  # before interpreter teardown, when its __del__ would fail
         self.n_vocab = int(self.llm.n_vocab())
         self.max_positions: int | None = ctx
         self.path = path
@@ -92,59 +99,3 @@ class LlamaCppBackend:
             raise PotstillError("llama.cpp holds one sequence: continue the one last fed, or start anew")
         logits = self.feed([int(t) for t in input_ids[0]], fresh=past is None)
         return logits[None, :], self.position
-
-
-class LlamaCppDecoder:
-    """The decoder interface (``Engine.generate``) over llama.cpp, one request at a time."""
-
-    def __init__(self, backend: LlamaCppBackend, stop_ids: list[int]) -> None:
-        self.backend, self.stop = backend, set(stop_ids)
-        self.slots = 1  # set by the server and the evaluation like the engine's; requests still run in turn
-        self.runs = 0
-
-    def _one(self, req: Request) -> Output:
-        import torch
-
-        if req.cancelled or req.max_new_tokens <= 0:
-            return Output(finish="cancelled" if req.cancelled else "length")
-        live = _Live(None, req, torch.device("cpu"))
-        limit = self.backend.max_positions or 1 << 30
-        if len(req.ids) >= limit:
-            return Output(finish="length")
-        logits = self.backend.feed(list(req.ids), fresh=True)
-        while True:
-            row = torch.from_numpy(logits)[None, :]
-            token = pick(row, [live])[0]
-            _record(row, [live], [token])
-            if live.push(token, self.stop):
-                break
-            if self.backend.position >= limit:
-                live.out.finish = "length"
-                break
-            logits = self.backend.feed([token], fresh=False)
-        out = live.out
-        n = len(out.tokens)
-        if out.chosen is not None:
-            out.chosen = out.chosen[:n]
-        if out.top is not None:
-            out.top = (out.top[0][:n], out.top[1][:n])
-        out.seconds = time.perf_counter() - live.t0
-        return out
-
-    def generate(self, requests: list[Request], more: Any = None) -> list[Output]:
-        self.runs += 1
-        outs = []
-        for req in requests:
-            out = self._one(req)
-            outs.append(out)
-            if req.on_done is not None:
-                req.on_done(out)
-        while more is not None:
-            arrived = more(1)
-            if not arrived:
-                break
-            for req in arrived:
-                out = self._one(req)
-                if req.on_done is not None:
-                    req.on_done(out)
-        return outs
