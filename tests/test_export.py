@@ -203,13 +203,24 @@ def test_export_measures_each_format_against_torch(exported: Path, tmp_path: Pat
     measured = json.loads((run / "export" / "manifest.json").read_text())["measured"]
     assert measured["split"] == "test" and measured["rows"] == len(QUESTIONS) - 6
     by = {f["format"]: f for f in measured["formats"]}
-    assert list(by) == ["torch", "onnx", "onnx-int8"]
+    assert list(by) == ["teacher (torch)", "torch", "onnx", "onnx-int8"]  # the run's teacher is a local model
     assert by["onnx"]["same_as_torch"] == 1.0 and by["onnx"]["accuracy"] == by["torch"]["accuracy"]
+    assert by["teacher (torch)"]["same_as_torch"] is None
+    teacher_w = by["teacher (torch)"]["weights_mb"]
+    assert teacher_w >= by["torch"]["weights_mb"] > 0 and by["onnx-int8"]["weights_mb"] < by["onnx"]["weights_mb"]
+    from potstill.exporter.measure import teacher_table
+
+    against = teacher_table(measured)
+    assert against is not None and [r[0] for r in against[1]] == ["torch", "onnx", "onnx-int8"]
+    torch_row = against[1][0]
+    assert torch_row[2] == f"{teacher_w / by['torch']['weights_mb']:.2f}×"
+    assert torch_row[1] == f"{by['teacher (torch)']['p50_ms'] / by['torch']['p50_ms']:.2f}×"
     assert by["onnx-int8"]["size_mb"] < by["onnx"]["size_mb"]
     assert all(f["p50_ms"] > 0 and f["answers_per_s"] > 0 for f in by.values())
     out = " ".join(res.stdout.split())
     assert "each format on 6 test rows" in out and "onnx-int8" in out and "speed-up" in out
     card = (run / "export" / "onnx-int8" / "README.md").read_text()  # the model card carries the same table
+    assert "against the teacher in torch" in out and "Against the teacher in torch" in card
     assert "## Each format measured" in card and "| onnx-int8 |" in card and "same 6 test rows" in card
     again = run_cli("export", str(run), "--format", "onnx", "--prompts", "2", "--measure", "0")
     assert again.returncode == 0, again.stderr

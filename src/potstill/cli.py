@@ -243,7 +243,7 @@ def export_cmd(
 ) -> None:
     """Export the distilled student (merged HF, ONNX, ONNX int8, GGUF), check parity, write the model card."""
     from .exporter import export
-    from .exporter.measure import table
+    from .exporter.measure import table, teacher_table
 
     done = export(run_dir, format, out_dir, prompts, max_new_tokens, min_int8_agreement, _say, measure)
     for fmt, path in done.items():
@@ -253,6 +253,8 @@ def export_cmd(
     if measured:
         title = f"each format on {measured['rows']} {measured['split']} rows (greedy; p50 at batch 1)"
         out.print(_table(*table(measured), title=title))
+        if against := teacher_table(measured):
+            out.print(_table(*against, title="against the teacher in torch (p50 at batch 1; weights in memory)"))
 
 
 @app.command()

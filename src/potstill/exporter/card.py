@@ -103,7 +103,7 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
         f"({manifest.get('machine', '?')})."
     )
     if measured := manifest.get("measured"):
-        from .measure import table
+        from .measure import table, teacher_table
 
         parts += ["", "## Each format measured", ""]
         parts.append(
@@ -112,6 +112,14 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
             f"batch 1 and answers/s on this machine, {manifest.get('machine', '?')})."
         )
         parts += ["", markdown_table(*table(measured))]
+        if against := teacher_table(measured):
+            parts += [
+                "",
+                "Against the teacher in torch: its p50 at batch 1 divided by each format's, and the memory its "
+                "weights take divided by each format's (torch tensors, or the exported file).",
+                "",
+                markdown_table(*against),
+            ]
     parts += ["", "## Use", "", "```bash", "potstill serve <this folder>    # OpenAI-compatible, 127.0.0.1:8000", "```"]
     parts += [
         "",

@@ -1,8 +1,11 @@
 """What ``potstill export`` measures after exporting a run's student: the torch student and each exported format
 on the same rows of the run's test split (its validation split when there is none), with the evaluation's
 prompts, greedy decoding and scoring (``evaluate/``): accuracy with its 95 % interval, how often the format's
-answer equals the torch student's, latency p50 at batch 1, throughput and size on disk. Written to
-``export/manifest.json`` ("measured") and printed as a small table.
+answer equals the torch student's, latency p50 at batch 1, throughput and size on disk. When the run's teacher is
+a local model it is measured too, in torch on the same rows, and every format gets its speed-up over the teacher
+(p50 at batch 1) and how many times less memory its weights take (the teacher's tensors against the format's:
+torch's parameters, or the exported file). Written to ``export/manifest.json`` ("measured") and printed as a small
+table.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import load_spec
+from ..config import HFTeacher, load_spec
 from ..data.cot import student_messages
 from ..data.jsonl import read_examples
-from ..data.tasks import task_for
+from ..data.tasks import task_for, teacher_messages
 from ..evaluate.exported import evaluate_exported, is_exported
 from ..evaluate.run import Candidate, evaluate_local, score_row
 
@@ -30,17 +33,24 @@ def measure(run_root: Path, done: dict[str, Path], rows: int) -> dict[str, Any]:
     convs = [student_messages(ex.messages, spec.generation.cot) for ex in examples]
     ev = spec.evaluation
     models: list[tuple[str, str]] = [("torch", str(run_root / "student")), *((f, str(p)) for f, p in done.items())]
+    teacher = spec.teacher if isinstance(spec.teacher, HFTeacher) else None
+    if teacher is not None:
+        models.insert(0, ("teacher (torch)", teacher.model))
     out: list[dict[str, Any]] = []
     torch_parsed: list[str | None] = []
     for fmt, folder in models:
-        if is_exported(folder):
+        if teacher is not None and fmt == "teacher (torch)":
+            cand = Candidate(fmt, "teacher", folder, teacher.tokenizer, "cpu", teacher.dtype)
+            row, texts = evaluate_local(cand, [teacher_messages(ex.messages, task) for ex in examples], spec)
+        elif is_exported(folder):
             row, texts = evaluate_exported(folder, convs, ev)
         else:
             row, texts = evaluate_local(Candidate(fmt, "distilled", folder, None, "cpu"), convs, spec)
         scores, parsed, _ = score_row(task, spec, texts, refs, None)
         if fmt == "torch":
             torch_parsed = parsed
-        same = sum(p == t for p, t in zip(parsed, torch_parsed, strict=True)) / len(parsed) if parsed else None
+        both = torch_parsed and parsed and not fmt.startswith("teacher")
+        same = sum(p == t for p, t in zip(parsed, torch_parsed, strict=True)) / len(parsed) if both else None
         ci = scores["intervals"].get("accuracy") or {}
         out.append(
             {
@@ -51,6 +61,7 @@ def measure(run_root: Path, done: dict[str, Path], rows: int) -> dict[str, Any]:
                 "p50_ms": (row.get("latency") or {}).get("p50_ms"),
                 "answers_per_s": (row.get("throughput") or {}).get("answers_per_s"),
                 "size_mb": row.get("size_on_disk_mb"),
+                "weights_mb": (row.get("memory") or {}).get("weights_mb"),
             }
         )
     return {"split": split, "rows": len(examples), "formats": out}
@@ -79,3 +90,21 @@ def table(measured: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         )
     header = ["format", "accuracy", "= torch", "p50 ms", "speed-up", "answers/s", "MB"]
     return header, rows
+
+
+def teacher_table(measured: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    """Each student format against the teacher in torch: p50 speed-up and memory ratio; None without a teacher."""
+    formats = measured["formats"]
+    teacher = next((f for f in formats if f["format"].startswith("teacher")), None)
+    if teacher is None:
+        return None
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}×" if a and b else "–"
+
+    rows = [
+        [f["format"], ratio(teacher["p50_ms"], f["p50_ms"]), ratio(teacher.get("weights_mb"), f.get("weights_mb"))]
+        for f in formats
+        if f is not teacher
+    ]
+    return ["format", "faster than the teacher", "less memory than the teacher"], rows
