@@ -6,12 +6,14 @@ summary.json:
      "trials": [{"number", "state", "params", "value" (complete trials), "last_report" (the last value reported
                  during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
                  "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "retry_of", "error"}],
-     "best": {"number", "params", "value", "folder"} | null}
+     "best": {"number", "params", "value", "folder"} | null,
+     "importances": {"values": {path: share}, "method"} | {"note": why they could not be computed}}
 """
 
 from __future__ import annotations
 
 import shutil
+import warnings
 from typing import Any
 
 from ..config import JobSpec
@@ -73,7 +75,33 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
         "best": None
         if best is None
         else {"number": best.number, "params": best.params, "value": best.value, "folder": best.user_attrs["folder"]},
+        "importances": importances(study),
     }
+
+
+def importances(study: Any) -> dict[str, Any]:
+    """Optuna's parameter importances (its default evaluator, PED-ANOVA) over the complete trials, as
+    ``{"values": {path: share}}``; ``{"note": why}`` when they cannot be computed (fewer than 2 complete trials,
+    no setting that varied, too few trials for the evaluator)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return {"note": f"they need at least 2 complete trials ({len(done)} so far)."}
+    names = sorted({p for t in done for p in t.params})
+    varying = [p for p in names if len({repr(t.params.get(p)) for t in done}) > 1]
+    if not varying:
+        return {"note": "every complete trial had the same settings, so none can be told apart."}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            values = optuna.importance.get_param_importances(study, params=varying)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            return {"note": f"Optuna could not compute them ({str(exc).splitlines()[0][:200]})."}
+    if any("importances will be equal" in str(w.message) for w in caught):
+        return {"note": f"too few complete trials ({len(done)}) for Optuna to tell which setting mattered."}
+    return {"values": {k: round(float(v), 4) for k, v in values.items()}, "method": "PED-ANOVA (Optuna's default)"}
 
 
 def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int) -> str:
