@@ -57,7 +57,8 @@ def pareto(s: dict[str, Any], measure: str) -> dict[str, Any] | None:
     ]
     if len(pts) < 2:
         return None
-    front = pareto_front([(p["metric"], p["x"]) for p in pts], (_sense(s.get("direction", "maximize")), "min"))
+    second = next((o["direction"] for o in (s.get("objectives") or [])[1:] if o["name"] == measure), "minimize")
+    front = pareto_front([(p["metric"], p["x"]) for p in pts], (_sense(s.get("direction", "maximize")), _sense(second)))
     best = (s.get("best") or {}).get("number")
     winner = next((i for i, p in enumerate(pts) if p["number"] == best), None)
     return {"points": pts, "front": sorted(front, key=lambda i: (pts[i]["x"], -pts[i]["metric"])), "winner": winner}

@@ -80,9 +80,11 @@ def run_tune(
         final = winner_spec(spec, winner)
         promoted = promote(rd, winner)
         if promoted:
-            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.value)
+            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.values[0])
             metric = spec.tune.metric(spec.task_type)
-            say(f"tune: #{best.number:03d} wins ({metric} {best.value:.3g} on validation), promoted to student/")
+            on = "of the Pareto front " if len(best.values) > 1 else ""
+            value = best.values[0]
+            say(f"tune: #{best.number:03d} wins {on}({metric} {value:.3g} on validation), promoted to student/")
         run_pipeline(final, rd.root, only=["evaluate", "report"], force=promoted, log=say)
     return rd
 

@@ -167,12 +167,13 @@ def _open(spec: JobSpec, storage: str | None, url: str) -> Any:
     study = optuna.create_study(
         storage=backend,
         study_name=spec.name,
-        direction=spec.tune.objective.direction,
+        directions=[d for _, d in spec.tune.objective.objectives(spec.task_type)],
         pruner=_pruner(spec),
         load_if_exists=True,
     )
     fp = study_fingerprint(spec)
-    if study.user_attrs.get(FINGERPRINT, fp) != fp or study.direction.name.lower() != spec.tune.objective.direction:
+    wanted = [d for _, d in spec.tune.objective.objectives(spec.task_type)]
+    if study.user_attrs.get(FINGERPRINT, fp) != fp or [d.name.lower() for d in study.directions] != wanted:
         where = "remove runs/<name>/tune/ to start over" if storage is None else "use another --storage or job name"
         raise PotstillError(
             f"the study {spec.name!r} in {shown_url(url)} was begun with other teacher data, settings or objective; "

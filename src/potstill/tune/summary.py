@@ -2,8 +2,11 @@
 
 summary.json:
     {"study", "storage", "metric", "split": "validation", "direction", "constraints": [...], "target_trials",
+     "objectives": [{"name", "direction"}] (two with a second objective), "front": [numbers] (two objectives: the
+     feasible complete trials no other beats on both),
      "finished" (complete + pruned), "complete", "pruned", "failed",
-     "trials": [{"number", "state", "params", "value" (complete trials), "last_report" (the last value reported
+     "trials": [{"number", "state", "params", "value" (complete trials: the metric), "values" (each objective),
+                 "last_report" (the last value reported
                  during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
                  "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "retry_of", "error"}],
      "best": {"number", "params", "value", "folder"} | null,
@@ -18,16 +21,19 @@ from typing import Any
 
 from ..config import JobSpec
 from ..run_dir import RunDir, atomic_replace_dir
+from .pareto import best_on_front, pareto_front
 from .study import shown_url
 
 
 def _row(t: Any, metric: str) -> dict[str, Any]:
     a = t.user_attrs
+    done = t.state.name == "COMPLETE"
     return {
         "number": t.number,
         "state": t.state.name.lower(),
         "params": dict(t.params),
-        "value": t.value if t.state.name == "COMPLETE" else None,
+        "value": t.values[0] if done else None,
+        "values": list(t.values) if done else None,
         "last_report": t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None,
         "feasible": a.get("feasible"),
         "latency_ms_p50": a.get("latency_ms_p50"),
@@ -42,15 +48,29 @@ def _row(t: Any, metric: str) -> dict[str, Any]:
     }
 
 
-def best_trial(study: Any) -> Any | None:
-    """The best complete trial that met every constraint (ties: the earlier), or None."""
+def _feasible(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
-    ok = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
-    if not ok:
-        return None
-    sign = 1 if study.direction.name == "MAXIMIZE" else -1
-    return max(ok, key=lambda t: (sign * t.value, -t.number))
+    return [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
+
+
+def _senses(study: Any) -> list[str]:
+    return ["max" if d.name == "MAXIMIZE" else "min" for d in study.directions]
+
+
+def front(study: Any) -> list[Any]:
+    """The feasible complete trials no other feasible one beats on every objective."""
+    ok = _feasible(study)
+    return [ok[i] for i in pareto_front([t.values for t in ok], _senses(study))]
+
+
+def best_trial(study: Any) -> Any | None:
+    """The best complete trial that met every constraint, or None. One objective: the best value (ties: the
+    earlier). Two: the Pareto front's best by the first objective (the task's metric; ties: the better second
+    objective, then the earlier)."""
+    ok = _feasible(study)
+    i = best_on_front([t.values for t in ok], _senses(study))
+    return None if i is None else ok[i]
 
 
 def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
@@ -59,6 +79,7 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
     trials = [t for t in study.get_trials() if t.state.name != "WAITING"]
     states = [t.state.name for t in trials]
     best = best_trial(study)
+    objectives = spec.tune.objective.objectives(spec.task_type)
     return {
         "study": study.study_name,
         "storage": shown_url(url),
@@ -66,6 +87,8 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
         "split": "validation",
         "direction": spec.tune.objective.direction,
         "constraints": spec.tune.objective.constraints,
+        "objectives": [{"name": n, "direction": d} for n, d in objectives],
+        "front": [t.number for t in front(study)] if len(objectives) > 1 else None,
         "target_trials": target,
         "finished": states.count("COMPLETE") + states.count("PRUNED"),
         "complete": states.count("COMPLETE"),
@@ -74,7 +97,13 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
         "trials": [_row(t, metric) for t in trials],
         "best": None
         if best is None
-        else {"number": best.number, "params": best.params, "value": best.value, "folder": best.user_attrs["folder"]},
+        else {
+            "number": best.number,
+            "params": best.params,
+            "value": best.values[0],
+            "values": list(best.values),
+            "folder": best.user_attrs["folder"],
+        },
         "importances": importances(study),
     }
 
@@ -108,7 +137,7 @@ def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int)
     """``tune 3/20 #002 accuracy 0.833, best 0.917 #001, 1 pruned, 14 s, eta 4 min`` (fits 80 columns)."""
     t = next(r for r in s["trials"] if r["number"] == number)
     if t["state"] == "complete":
-        outcome = f"{s['metric']} {t['value']:.3g}"
+        outcome = ", ".join(f"{o['name']} {v:.3g}" for o, v in zip(s["objectives"], t["values"], strict=True))
     elif t["state"] == "pruned":
         outcome = f"pruned at {t['pruned_at_pct']}%"
     else:
@@ -131,20 +160,26 @@ def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int)
 
 def trials_table(s: dict[str, Any]) -> tuple[list[str], list[list[str]], str]:
     """Header, rows and title of the console's table of trials (from summary.json)."""
+    second = [o["name"] for o in s.get("objectives") or []][1:]
+    extra = second[0] if second and second[0] != "latency_ms_p50" else None  # a second objective gets a column
+    on_front = set(s.get("front") or [])
     rows = [
         [
             f"#{t['number']:03d}",
             t["state"]
             + (" (infeasible)" if t["feasible"] is False else "")
+            + (" (front)" if t["number"] in on_front else "")
             + (f" at {t['pruned_at_pct']}%" if t["pruned_at_pct"] is not None else ""),
             ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in t["params"].items()),
             "–" if t["value"] is None else f"{t['value']:.4g}",
             "–" if t["latency_ms_p50"] is None else f"{t['latency_ms_p50']:.1f}",
+            *([] if extra is None else ["–" if t.get(extra) is None else f"{t[extra]:.4g}"]),
         ]
         for t in s["trials"]
     ]
     best = f", best #{s['best']['number']:03d}" if s["best"] else ""
     header = ["trial", "state", "parameters", f"{s['metric']} (validation)", "latency p50 ms"]
+    header += [extra] if extra else []
     return header, rows, f"tune: {s['finished']} of {s['target_trials']} trials finished{best}"
 
 

@@ -95,11 +95,12 @@ class Trial:
         assert spec.tune is not None
         self.spec, self.rd, self.n_rows, self.log = spec, rd, n_rows, log
         self.metric = spec.tune.metric(spec.task_type)
+        self.objectives = [name for name, _ in spec.tune.objective.objectives(spec.task_type)]
         self.limits = spec.tune.objective.parsed()
         self.number: int | None = None  # the trial running now (for an interrupt)
         self.started: Callable[[], None] = lambda: None  # called once the trial exists (releases CreationLock)
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Any) -> float | tuple[float, ...]:
         tune = self.spec.tune
         assert tune is not None
         self.number = trial.number
@@ -113,9 +114,15 @@ class Trial:
         prepare(folder, self.rd)
         t0 = time.monotonic()
         try:
-            with on_validation(Reporter(trial, spec, self.metric, tune.reports, tune.report_rows)):
+            if len(self.objectives) == 1:  # Optuna prunes single-objective studies only: no reports otherwise
+                with on_validation(Reporter(trial, spec, self.metric, tune.reports, tune.report_rows)):
+                    run_pipeline(spec, folder, only=["train", "evaluate"])
+            else:
                 run_pipeline(spec, folder, only=["train", "evaluate"])
             got = measures(folder, self.metric)
+            missing = [name for name in self.objectives if got.get(name) is None]
+            if missing:
+                raise EvaluationError(f"{folder}: the trial did not measure {missing[0]}")
         except PotstillError as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0][:300])
             raise
@@ -127,4 +134,5 @@ class Trial:
         violations = [c.violation(float(got[c.name])) if got.get(c.name) is not None else 1.0 for c in self.limits]
         trial.set_user_attr("violations", violations)
         trial.set_user_attr("feasible", all(v <= 0 for v in violations))
-        return float(got[self.metric])
+        values = tuple(float(got[name]) for name in self.objectives)
+        return values if len(values) > 1 else values[0]
