@@ -144,6 +144,9 @@ class Hyperparameters(_Strict):
         0.7, gt=0, le=20, description="distillation temperature: KD soft targets; teacher sampling default"
     )
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    data_share: float | None = Field(
+        None, gt=0, le=1, description="train on this share of the kept teacher outputs (a subset drawn with seed)"
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)

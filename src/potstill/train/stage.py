@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -127,6 +128,16 @@ def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device)
     return Distiller(hp.kd, spec.kd_temperature, teacher=teacher, hidden=hp.hidden, student=student)
 
 
+def share_of(n: int, share: float | None, seed: int) -> list[int]:
+    """The indices (in file order) of a seeded ``share`` of ``n`` rows, at least one: the first of a seeded
+    permutation, so with one seed a smaller share is a subset of a larger one. ``None`` or 1: every row."""
+    if share is None or share >= 1:
+        return list(range(n))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[: max(1, round(share * n))])
+
+
 def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
     """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
     rows: list[EncodedRow] = []
@@ -173,6 +184,8 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     val_rows, _ = encode_split(spec, val_path, tok, False) if val_path.exists() else ([], {})
     if counts["truncated"]:
         rd.event("train", "truncated", rows=counts["truncated"], max_seq_len=hp.max_seq_len)
+    kept = len(train_rows)
+    train_rows = [train_rows[i] for i in share_of(kept, hp.data_share, hp.seed)]
     n_examples = len(train_rows)
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
@@ -182,6 +195,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         "train",
         "start",
         rows=n_examples,
+        **({"of_rows": kept, "data_share": hp.data_share} if hp.data_share is not None else {}),
         packed_rows=len(train_rows) if hp.packing else None,
         val_rows=len(val_rows),
         model=st.model,
