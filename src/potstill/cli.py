@@ -89,7 +89,7 @@ def _table(header: list[str], rows: list[list[str]], title: str) -> Table:
 def print_results(run_dir: Path) -> None:
     """The comparison table of a run (from eval/results.json), the derived numbers and where the report is."""
     from .report.tables import compact_rows, comparison_rows, derived_lines
-    from .train.advice import still_improving
+    from .train.advice import still_improving, why_it_stopped
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
@@ -104,6 +104,8 @@ def print_results(run_dir: Path) -> None:
     summary = run_dir / "student" / "training_summary.json"
     if summary.exists() and (more := still_improving(json.loads(summary.read_text()).get("history") or [])):
         out.print(f"  ! {more.message()}", highlight=False)
+    if summary.exists() and (why := why_it_stopped(json.loads(summary.read_text()))):
+        out.print(f"  {why}", highlight=False)
     html = run_dir / "report" / "report.html"
     if html.exists():
         out.print(f"report: {html} (and report.md)")

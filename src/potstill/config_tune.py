@@ -75,9 +75,15 @@ def _model_of(ann: Any) -> type[BaseModel] | None:
 
 
 def _kind(ann: Any) -> str:
+    if typing.get_origin(ann) is Annotated:
+        return _kind(typing.get_args(ann)[0])
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if typing.get_origin(ann) in (Union, types.UnionType) and len(args) == 1:
         return _kind(args[0])
+    if typing.get_origin(ann) in (Union, types.UnionType):  # a number that also takes a name (max_steps: auto)
+        kinds = {_kind(a) for a in args} - {"literal"}
+        if len(kinds) == 1 and kinds <= {"int", "float"}:
+            return kinds.pop()
     if typing.get_origin(ann) is Literal:
         return "literal"
     for t in (bool, int, float, str):

@@ -58,6 +58,8 @@ def trial_spec(spec: JobSpec, params: dict[str, Any], n_rows: int) -> JobSpec:
         out = JobSpec.model_validate(d)
     except ValidationError as exc:  # values inside the checked bounds can still clash (the trial fails alone)
         raise ConfigError(format_problems(exc, JobSpec, "trial", {})) from None
+    if out.hyperparameters.max_steps == "auto":  # no known length: it validates (and reports) as the job says
+        return out
     rows = max(1, round(n_rows * (out.hyperparameters.data_share or 1.0)))  # a trial may train on a share
     every = max(1, fit_config(out).total_steps(rows) // spec.tune.reports)
     own = out.hyperparameters.eval_every

@@ -8,7 +8,7 @@ summary.json:
      "trials": [{"number", "state", "params", "value" (complete trials: the metric), "values" (each objective),
                  "last_report" (the last value reported
                  during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
-                 "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "retry_of", "error"}],
+                 "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "pruned_at_step", "retry_of", "error"}],
      "best": {"number", "params", "value", "folder"} | null,
      "importances": {"values": {path: share}, "method"} | {"note": why they could not be computed}}
 """
@@ -43,6 +43,7 @@ def _row(t: Any, metric: str) -> dict[str, Any]:
         "folder": a.get("folder"),
         "host": a.get("host"),
         "pruned_at_pct": a.get("pruned_at_pct"),
+        "pruned_at_step": a.get("pruned_at_step"),  # max_steps: auto (no known length)
         "retry_of": t.user_attrs.get("retry_of"),
         "error": a.get("error"),
     }
@@ -139,7 +140,8 @@ def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int)
     if t["state"] == "complete":
         outcome = ", ".join(f"{o['name']} {v:.3g}" for o, v in zip(s["objectives"], t["values"], strict=True))
     elif t["state"] == "pruned":
-        outcome = f"pruned at {t['pruned_at_pct']}%"
+        at = f"step {t['pruned_at_step']}" if t.get("pruned_at_step") is not None else f"{t['pruned_at_pct']}%"
+        outcome = f"pruned at {at}"
     else:
         outcome = f"{t['state']}: {t['error'] or 'see logs/events.jsonl'}"
     if t["state"] == "complete" and t["feasible"] is False:
