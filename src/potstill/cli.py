@@ -137,6 +137,7 @@ def tune(
         str | None, typer.Option(help="Optuna storage URL (default: SQLite in RUN_DIR/tune; postgresql://... shared)")
     ] = None,
     timeout: Annotated[float | None, typer.Option(min=0, help="start no trial after this many seconds")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on this machine sharing the study")] = 1,
 ) -> None:
     """Search the recipe and the student size on the validation split; promote the best student, test it."""
     from .job import load_job
@@ -144,7 +145,7 @@ def tune(
     from .tune.summary import trials_table
 
     j = load_job(job)
-    rd = run_tune(j.spec, run_dir or j.default_run_dir(), trials, storage, timeout, log=_say)
+    rd = run_tune(j.spec, run_dir or j.default_run_dir(), trials, storage, timeout, log=_say, workers=workers)
     out.print(_table(*trials_table(json.loads((rd.root / "tune" / "summary.json").read_text()))))
     print_results(rd.root)
 

@@ -110,6 +110,7 @@ class Trial:
         trial.set_user_attr("folder", str(folder.relative_to(self.rd.root)))
         for key, value in where(self.rd).items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("pid", os.getpid())  # the process that ran it (--workers K)
         spec = trial_spec(self.spec, params, self.n_rows)
         prepare(folder, self.rd)
         t0 = time.monotonic()
