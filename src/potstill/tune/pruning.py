@@ -29,6 +29,14 @@ class Reporter:
         self.done = 0  # reports made
         self.values: list[tuple[int, float]] = []
 
+    def replay(self, values: dict[int, float]) -> None:
+        """Report again what a dead trial reported before its training is continued here (same steps)."""
+        for at, value in sorted(values.items()):
+            self.trial.report(value, at)
+            self.values.append((at, value))
+        if values:
+            self.done = max(values) * self.reports // 100
+
     def __call__(self, step: int, total: int, val_loss: float, model: Any) -> float | None:
         if total == 0:  # max_steps: auto: no known length; report every validation at its step
             return self._report(step, model, "pruned_at_step", f"step {step}")

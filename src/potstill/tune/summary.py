@@ -6,9 +6,10 @@ summary.json:
      feasible complete trials no other beats on both),
      "finished" (complete + pruned), "complete", "pruned", "failed",
      "trials": [{"number", "state", "params", "value" (complete trials: the metric), "values" (each objective),
-                 "last_report" (the last value reported
-                 during training, on tune.report_rows rows), "feasible", "latency_ms_p50", "parameters",
-                 "train_seconds", "seconds", "folder", "host", "pruned_at_pct", "pruned_at_step", "retry_of", "error"}],
+                 "last_report" (the last value reported during training, on tune.report_rows rows), "feasible",
+                 "latency_ms_p50", "parameters", "train_seconds", "seconds", "folder", "host", "pruned_at_pct",
+                 "pruned_at_step" (max_steps: auto), "retry_of", "resumed_from_trial" (it continued that dead
+                 trial's training from its checkpoint), "continued_in" (the reverse), "error"}],
      "best": {"number", "params", "value", "folder"} | null,
      "importances": {"values": {path: share}, "method"} | {"note": why they could not be computed}}
 """
@@ -45,6 +46,7 @@ def _row(t: Any, metric: str) -> dict[str, Any]:
         "pruned_at_pct": a.get("pruned_at_pct"),
         "pruned_at_step": a.get("pruned_at_step"),  # max_steps: auto (no known length)
         "retry_of": t.user_attrs.get("retry_of"),
+        "resumed_from_trial": a.get("resumed_from_trial"),  # its training continued that dead trial's
         "error": a.get("error"),
     }
 
@@ -95,7 +97,7 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
         "complete": states.count("COMPLETE"),
         "pruned": states.count("PRUNED"),
         "failed": states.count("FAIL"),
-        "trials": [_row(t, metric) for t in trials],
+        "trials": _continued([_row(t, metric) for t in trials]),
         "best": None
         if best is None
         else {
@@ -132,6 +134,14 @@ def importances(study: Any) -> dict[str, Any]:
     if any("importances will be equal" in str(w.message) for w in caught):
         return {"note": f"too few complete trials ({len(done)}) for Optuna to tell which setting mattered."}
     return {"values": {k: round(float(v), 4) for k, v in values.items()}, "method": "PED-ANOVA (Optuna's default)"}
+
+
+def _continued(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each dead trial whose training a later trial continued (its folder became that trial's)."""
+    by_origin = {r["resumed_from_trial"]: r["number"] for r in rows if r["resumed_from_trial"] is not None}
+    for r in rows:
+        r["continued_in"] = by_origin.get(r["number"])
+    return rows
 
 
 def trial_line(s: dict[str, Any], number: int, session_s: float, session_n: int) -> str:
