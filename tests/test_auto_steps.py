@@ -94,6 +94,67 @@ def test_the_time_cap_stops_after_a_last_validation(tok, monkeypatch: pytest.Mon
     assert res["stop_reason"] == "time" and res["steps"] == 5
 
 
+def test_the_time_cap_counts_the_training_before_a_resume(
+    tok,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Crash at step 3 (step 2's checkpoint holds 20 s of training), resume: the 35 s cap ends it at step 5, not 7."""
+    rows, val = _rows(tok)
+    steps: list[int] = []
+    monkeypatch.setattr(trainer, "clock", lambda: 10.0 * len(steps))
+
+    def crash_at_3(event: str, **k: Any) -> None:
+        if event == "step":
+            steps.append(k["step"])
+            if k["step"] == 3 and len(steps) == 3:
+                raise RuntimeError("killed")
+
+    cfg = FitConfig(batch_size=4, warmup_ratio=0, num_epochs=100, max_seconds=35, save_every=1)
+    first = tiny_llama(tok, hidden=16, layers=1, heads=2, seed=5)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(first, rows, val, cfg, tok.pad_token_id, tmp_path, crash_at_3)
+    model = tiny_llama(tok, hidden=16, layers=1, heads=2, seed=5)
+    res = fit(model, rows, val, cfg, tok.pad_token_id, tmp_path, crash_at_3)
+    assert res["resumed_from"] == 2 and res["stop_reason"] == "time" and res["steps"] == 5
+
+
+def test_auto_warms_up_over_part_of_an_epoch_then_keeps_the_peak_rate() -> None:
+    from potstill.train.trainer import lr_lambda
+
+    f = lr_lambda(FitConfig(until_plateau=True, warmup_ratio=0.5, lr_schedule="cosine"), trainer.UNBOUNDED, 10)
+    assert [round(f(s), 3) for s in range(7)] == [0.167, 0.333, 0.5, 0.667, 0.833, 1.0, 1.0]
+    assert f(10**6) == 1.0  # no decay: the end is unknown
+
+
+def test_the_probe_scores_against_the_teachers_answers_when_validation_has_none(
+    tiny_models: dict, tmp_path: Path
+) -> None:
+    from potstill.train.probe import MetricProbe
+    from potstill.train.stage import fit_config
+
+    auto = {"max_steps": "auto", "max_minutes": 1}
+    d = job_dict(tiny_models, tmp_path / "data", task_type="math", hyperparameters=auto)
+    spec = validate_spec(d)
+    assert fit_config(spec).eval_every == 200 and fit_config(spec).until_plateau
+    with_refs = MetricProbe(spec, "accuracy", rows=4)
+    assert with_refs.against == "reference" and with_refs.refs == [f"Answer: {a}" for _, a in QUESTIONS[:4]]
+    val = tmp_path / "data" / "val.jsonl"
+    val.write_text("".join(json.dumps({"prompt": q}) + "\n" for q, _ in QUESTIONS[:6]))
+    kept = tmp_path / "kept.jsonl"
+    kept.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"Answer: {a}"}]})
+            + "\n"
+            for q, a in QUESTIONS[:3]
+        )
+    )
+    probe = MetricProbe(spec, "accuracy", rows=10, kept=kept)
+    assert probe.against == "teacher" and probe.refs == [f"Answer: {a}" for _, a in QUESTIONS[:3]]
+    assert probe.convs[0] == [{"role": "user", "content": QUESTIONS[0][0]}]
+    assert MetricProbe(spec, "accuracy", rows=10).convs == []  # no answers and no kept rows: nothing to score
+
+
 def test_auto_needs_validation_rows_and_a_cap(tok, tiny_models: dict, tmp_path: Path) -> None:  # noqa: F811
     from potstill.errors import TrainingError
 

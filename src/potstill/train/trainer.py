@@ -193,6 +193,11 @@ def evaluate_loss(
     return float(acc[0] / acc[1].clamp(min=1))
 
 
+def _agreed(dist: Dist, flag: bool) -> bool:
+    """``flag`` on any process (each process's clock differs; they must stop at the same step)."""
+    return flag if dist.world == 1 else bool(dist.all_sum(torch.tensor([float(flag)]))[0] > 0)
+
+
 class _Stopper:
     """Best validation loss so far and validations since; stops after ``patience`` without improvement."""
 
@@ -349,7 +354,7 @@ def fit(
                 rec.update(ce=round(ce_v, 5), **({"kd": round(kd_v, 5)} if distiller.kd else {}))
                 rec.update({"hidden": round(hid_v, 5)} if distiller.hidden else {})
             end_of_epoch = pos >= len(batches)
-            out_of_time = cfg.max_seconds is not None and spent + clock() - t0 >= cfg.max_seconds
+            out_of_time = cfg.max_seconds is not None and _agreed(dist, spent + clock() - t0 >= cfg.max_seconds)
             due = end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total or out_of_time
             if val_rows and due:
                 val = evaluate_loss(model, val_rows, pad_id, dist=dist)
@@ -359,6 +364,8 @@ def fit(
                 if on_validation is not None:
                     score = on_validation(step, 0 if plateau else total, val, dist.unwrap(model))
                 if plateau:
+                    if score is not None and dist.world > 1:  # every process stops at the same step
+                        score = float(dist.all_sum(torch.tensor([float(score)]))[0]) / dist.world
                     improved = score is not None and stopper.update(-float(score), step)
                     if score is not None:
                         rec["metric"] = round(float(score), 5)

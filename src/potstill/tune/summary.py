@@ -27,7 +27,7 @@ from .study import shown_url
 
 
 def _row(t: Any, metric: str) -> dict[str, Any]:
-    a = t.user_attrs
+    a = {**t.user_attrs, **(t.user_attrs.get("measures") or {})}  # measures: one attribute since phase 2
     done = t.state.name == "COMPLETE"
     return {
         "number": t.number,

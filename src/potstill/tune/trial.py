@@ -169,8 +169,7 @@ class Trial:
             trial.set_user_attr("seconds", round(time.monotonic() - t0, 2))
             if not interrupted:
                 shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        for name in (self.metric, *MEASURES):
-            trial.set_user_attr(name, got.get(name))
+        trial.set_user_attr("measures", {name: got.get(name) for name in (self.metric, *MEASURES)})  # one write
         violations = [c.violation(float(got[c.name])) if got.get(c.name) is not None else 1.0 for c in self.limits]
         trial.set_user_attr("violations", violations)
         trial.set_user_attr("feasible", all(v <= 0 for v in violations))

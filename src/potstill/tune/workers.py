@@ -133,6 +133,7 @@ def main(argv: list[str]) -> int:
     spec = JobSpec.model_validate(json.loads(sys.stdin.read()))
     rd = RunDir(Path(root))
     say = lambda msg: print(msg, flush=True)  # noqa: E731 (relayed by the tune)
+    say(f"started, {torch.get_num_threads()} torch thread(s)")
     with open(workers_lock(rd), "a") as held:
         fcntl.flock(held, fcntl.LOCK_SH)  # released when this process ends, however it ends
         try:
