@@ -170,7 +170,11 @@ def test_three_trials_promote_the_best_feasible_and_generate_once(tiny_models: d
     md = (rd / "report" / "report.md").read_text()
     assert "## Tuning" in md and "3 of 3 trials finished, best #002" in md
     assert all(f"| #00{n} | complete" in md for n in range(3)) and "complete (infeasible)" in md
-    assert '<table class="tuning">' in (rd / "report" / "report.html").read_text()
+    html = (rd / "report" / "report.html").read_text()
+    assert '<table class="tuning">' in html
+    for plot in ("tune_history", "tune_latency", "tune_parameters"):  # the Tuning plots, from summary.json
+        assert f'data-plot="{plot}"' in html and (rd / "report" / f"{plot}.png").exists()
+    assert set(s["importances"]["values"]) <= {LR, "student.model"} or "note" in s["importances"]
 
     # generation ran once: the teacher's batches are in the run's log only, and a re-run asks nothing again
     events = RunDir(rd).events()

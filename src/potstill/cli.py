@@ -89,7 +89,7 @@ def _table(header: list[str], rows: list[list[str]], title: str) -> Table:
 def print_results(run_dir: Path) -> None:
     """The comparison table of a run (from eval/results.json), the derived numbers and where the report is."""
     from .report.tables import compact_rows, comparison_rows, derived_lines
-    from .train.advice import still_improving
+    from .train.advice import still_improving, why_it_stopped
 
     path = run_dir / "eval" / "results.json"
     if not path.exists():
@@ -104,6 +104,8 @@ def print_results(run_dir: Path) -> None:
     summary = run_dir / "student" / "training_summary.json"
     if summary.exists() and (more := still_improving(json.loads(summary.read_text()).get("history") or [])):
         out.print(f"  ! {more.message()}", highlight=False)
+    if summary.exists() and (why := why_it_stopped(json.loads(summary.read_text()))):
+        out.print(f"  {why}", highlight=False)
     html = run_dir / "report" / "report.html"
     if html.exists():
         out.print(f"report: {html} (and report.md)")
@@ -135,6 +137,7 @@ def tune(
         str | None, typer.Option(help="Optuna storage URL (default: SQLite in RUN_DIR/tune; postgresql://... shared)")
     ] = None,
     timeout: Annotated[float | None, typer.Option(min=0, help="start no trial after this many seconds")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="worker processes on this machine sharing the study")] = 1,
 ) -> None:
     """Search the recipe and the student size on the validation split; promote the best student, test it."""
     from .job import load_job
@@ -142,7 +145,7 @@ def tune(
     from .tune.summary import trials_table
 
     j = load_job(job)
-    rd = run_tune(j.spec, run_dir or j.default_run_dir(), trials, storage, timeout, log=_say)
+    rd = run_tune(j.spec, run_dir or j.default_run_dir(), trials, storage, timeout, log=_say, workers=workers)
     out.print(_table(*trials_table(json.loads((rd.root / "tune" / "summary.json").read_text()))))
     print_results(rd.root)
 

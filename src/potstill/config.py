@@ -143,7 +143,15 @@ class Hyperparameters(_Strict):
     temperature: float = Field(
         0.7, gt=0, le=20, description="distillation temperature: KD soft targets; teacher sampling default"
     )
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    max_steps: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None,
+        description="stop after this many optimiser steps; auto: when the validation metric stops improving "
+        "(needs max_minutes; docs/training.md)",
+    )
+    max_minutes: float | None = Field(None, gt=0, description="stop training after this many minutes")
+    data_share: float | None = Field(
+        None, gt=0, le=1, description="train on this share of the kept teacher outputs (a subset drawn with seed)"
+    )
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
@@ -169,6 +177,23 @@ class Hyperparameters(_Strict):
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         [], description="also send the curves to these trackers (logs/events.jsonl always has them)"
     )
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _steps_or_auto(cls, v: Any) -> Any:
+        whole = isinstance(v, int | float) and not isinstance(v, bool) and float(v).is_integer() and v >= 1
+        if v is None or v == "auto" or whole:
+            return v
+        raise ValueError("a whole number of optimiser steps (1 or more), or auto")
+
+    @model_validator(mode="after")
+    def _auto_needs_a_cap(self) -> Hyperparameters:
+        if self.max_steps == "auto" and self.max_minutes is None:
+            raise ValueError(
+                "max_steps: auto trains until the validation metric stops improving; give max_minutes too (the "
+                "time cap), e.g. max_minutes: 30"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------- evaluation

@@ -21,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from .config_errors import _Strict, suggest
@@ -75,9 +75,15 @@ def _model_of(ann: Any) -> type[BaseModel] | None:
 
 
 def _kind(ann: Any) -> str:
+    if typing.get_origin(ann) is Annotated:
+        return _kind(typing.get_args(ann)[0])
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if typing.get_origin(ann) in (Union, types.UnionType) and len(args) == 1:
         return _kind(args[0])
+    if typing.get_origin(ann) in (Union, types.UnionType):  # a number that also takes a name (max_steps: auto)
+        kinds = {_kind(a) for a in args} - {"literal"}
+        if len(kinds) == 1 and kinds <= {"int", "float"}:
+            return kinds.pop()
     if typing.get_origin(ann) is Literal:
         return "literal"
     for t in (bool, int, float, str):
@@ -224,9 +230,21 @@ def parse_constraint(text: str) -> Constraint:
     return Constraint(name, op, bound)
 
 
+Direction = Literal["maximize", "minimize"]
+
+
 class Objective(_Strict):
+    """One objective (``metric``, ``direction``) or two (``metrics: [accuracy, latency_ms_p50]``, ``directions``):
+    the task's metric and a measure, searched as a Pareto front (Optuna's multi-objective study, never pruned)."""
+
     metric: str | None = Field(None, description="validation metric to optimise; default the task's main one")
-    direction: Literal["maximize", "minimize"] = "maximize"
+    direction: Direction = "maximize"
+    metrics: list[str] | None = Field(
+        None, description="two objectives: the task's metric, then a measure (e.g. [accuracy, latency_ms_p50])"
+    )
+    directions: list[Direction] | None = Field(
+        None, description="with metrics: one each (default: maximize the metric, minimize the measure)"
+    )
     constraints: list[str] = Field(
         [], description="e.g. 'latency_ms_p50 <= 30', 'parameters <= 1e6': a trial that misses one is infeasible"
     )
@@ -237,6 +255,43 @@ class Objective(_Strict):
         if v is not None and v not in METRICS:
             raise ValueError(f"unknown metric {v!r}{suggest(v, METRICS)} (one of {', '.join(METRICS)})")
         return v
+
+    @model_validator(mode="after")
+    def _two_objectives(self) -> Objective:
+        if self.metrics is None:
+            if self.directions is not None:
+                raise ValueError("directions go with metrics (two objectives); with one metric use direction")
+            return self
+        problems = []
+        if self.metric is not None:
+            problems.append("give metric (one objective) or metrics (two), not both")
+        directions = self.directions or ["maximize", "minimize"]
+        if "direction" in self.model_fields_set and self.direction != directions[0]:
+            problems.append("with metrics (two objectives) give directions: [..., ...], not direction")
+        if len(self.metrics) != 2:
+            problems.append(f"metrics names two objectives, the task's metric then a measure (got {self.metrics})")
+        else:
+            main, measure = self.metrics
+            if main not in METRICS:
+                problems.append(f"metrics[0]: {main!r} is not a task metric{suggest(main, METRICS)}")
+            if measure not in MEASURES:
+                problems.append(
+                    f"metrics[1]: {measure!r} is not a measure{suggest(measure, MEASURES)} "
+                    f"(one of {', '.join(MEASURES)})"
+                )
+        if self.directions is not None and len(self.directions) != len(self.metrics):
+            problems.append(f"directions needs one per metric ({len(self.metrics)}), got {len(self.directions)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.__dict__.update(direction=directions[0], directions=directions)  # one spelling when written back
+        return self
+
+    def objectives(self, task_type: str) -> list[tuple[str, str]]:
+        """(name, direction) of each objective: the task's metric first."""
+        if self.metrics is None:
+            return [(self.metric or TASK_METRICS[task_type][0], self.direction)]
+        assert self.directions is not None
+        return list(zip(self.metrics, self.directions, strict=True))
 
     @field_validator("constraints")
     @classmethod
@@ -286,6 +341,23 @@ class TuneSpec(_Strict):
     def _pruner_shorthand(cls, v: Any) -> Any:
         return {"kind": v} if isinstance(v, str) else v
 
+    @field_validator("pruner")
+    @classmethod
+    def _no_pruning_with_two_objectives(cls, v: PrunerSpec, info: ValidationInfo) -> PrunerSpec:
+        objective = info.data.get("objective")
+        if objective is not None and objective.metrics is not None and v.kind != "none":
+            raise ValueError(
+                f"{v.kind} cannot stop trials of a two-objective study (Optuna prunes single-objective studies "
+                "only): remove pruner or set it to none"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _unpruned_with_two_objectives(self) -> TuneSpec:
+        if self.objective.metrics is not None:  # the default pruner (median) is off for two objectives
+            self.__dict__["pruner"] = PrunerSpec(kind="none")
+        return self
+
     @model_validator(mode="after")
     def _start_with_in_space(self) -> TuneSpec:
         problems = []
@@ -308,7 +380,8 @@ class TuneSpec(_Strict):
         return self
 
     def metric(self, task_type: str) -> str:
-        return self.objective.metric or TASK_METRICS[task_type][0]
+        """The task metric optimised (the first objective)."""
+        return self.objective.objectives(task_type)[0][0]
 
 
 # --------------------------------------------------------------------------------------------- applying values
@@ -342,7 +415,8 @@ def tune_problems(tune: TuneSpec, task_type: str, base: dict[str, Any] | None) -
 
     problems = []
     allowed = TASK_METRICS[task_type]
-    names = [tune.objective.metric] + [c.name for c in tune.objective.parsed() if c.name in METRICS]
+    names = [tune.objective.metric, *(tune.objective.metrics or [])[:1]]
+    names += [c.name for c in tune.objective.parsed() if c.name in METRICS]
     for m in names:
         if m is not None and m not in allowed:
             problems.append(f"objective: {task_type} runs do not measure {m!r} (they have {', '.join(allowed)})")

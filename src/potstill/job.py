@@ -159,12 +159,14 @@ class DistillationJob:
         storage: str | None = None,
         timeout: float | None = None,
         log: Callable[[str], None] | None = None,
+        workers: int = 1,
     ) -> DistillationResult:
         """Search the spec's ``tune:`` space on the validation split (continuing an earlier study), promote the
-        best student to the run's student/ and return its evaluation on the test split (docs/tuning.md)."""
+        best student to the run's student/ and return its evaluation on the test split (docs/tuning.md).
+        ``workers``: worker processes on this machine sharing the study."""
         from .tune import run_tune
 
-        rd = run_tune(self.spec, run_dir or self.default_run_dir(), trials, storage, timeout, log)
+        rd = run_tune(self.spec, run_dir or self.default_run_dir(), trials, storage, timeout, log, workers)
         return load_result(rd.root)
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from ..run_dir import RunDir, read_jsonl
 from ..train.advice import still_improving
 from . import plots
 from .tables import comparison_rows, derived_lines, derived_table, fmt, funnel_rows, ledger_rows, markdown_table
+from .tuning import render_tuning, tuning_notes
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -132,7 +133,9 @@ def _stage_rows(ctx: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]
 
 
-def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> str:
+def render_markdown(
+    ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]], tune_figures: dict[str, tuple[str, bytes]] | None = None
+) -> str:
     res = ctx["results"]
     parts = [f"# potstill report: {ctx['job'].get('name', '')}", "", _summary(ctx), "", "## Comparison", ""]
     parts += [markdown_table(*comparison_rows(res)), ""]
@@ -162,12 +165,25 @@ def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
             markdown_table(header, rows),
             "",
         ]
+        for name, (title, _) in (tune_figures or {}).items():
+            parts += [f"### {title}", "", f"![{title}]({name}.png)", ""]
+        if notes := tuning_notes(ctx["tuning"]):
+            parts += [*notes, ""]
     parts += ["## Stages", "", markdown_table(*_stage_rows(ctx)), ""]
     parts += ["## Job spec", "", "```yaml", ctx["job_text"].rstrip(), "```", ""]
     return "\n".join(parts)
 
 
-def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> str:
+def _embedded(figures: dict[str, tuple[str, bytes]]) -> list[dict[str, str]]:
+    return [
+        {"name": n, "title": t, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
+        for n, (t, png) in figures.items()
+    ]
+
+
+def render_html(
+    ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]], tune_figures: dict[str, tuple[str, bytes]] | None = None
+) -> str:
     import jinja2
 
     template = (resources.files("potstill.report") / "template.html").read_text(encoding="utf-8")
@@ -183,14 +199,13 @@ def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> s
         derived_table=(header, rows) if len(header) > 2 else None,
         notes=[n.replace("`", "") for n in _notes(ctx)],
         targets=ctx["targets"],
-        figures=[
-            {"name": n, "title": t, "src": "data:image/png;base64," + base64.b64encode(png).decode("ascii")}
-            for n, (t, png) in figures.items()
-        ],
+        figures=_embedded(figures),
         funnel=funnel_rows(ctx["filter_report"]) if ctx["filter_report"] else None,
         ledger=ledger_rows(ctx["ledger"]) if ctx["ledger"] else None,
         stages=_stage_rows(ctx),
         tuning=_tuning(ctx),
+        tuning_figures=_embedded(tune_figures or {}),
+        tuning_notes=tuning_notes(ctx["tuning"]) if ctx.get("tuning") else [],
         job_text=ctx["job_text"],
     )
 
@@ -199,15 +214,21 @@ def build_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     rd = RunDir(Path(run_dir))
     ctx = load_context(rd.root)
     figures = plots.render_all(ctx)
-    for name, (_, png) in figures.items():
+    tune_figures = render_tuning(ctx["tuning"])
+    for name, (_, png) in {**figures, **tune_figures}.items():
         if rd.writer:
             tmp = rd.report / f".{name}.png.tmp"
             rd.report.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(png)
             tmp.replace(rd.report / f"{name}.png")
-    rd.write_text(rd.report / "report.md", render_markdown(ctx, figures))
-    rd.write_text(rd.report / "report.html", render_html(ctx, figures))
-    return {"markdown": str(rd.report / "report.md"), "html": str(rd.report / "report.html"), "plots": list(figures)}
+    rd.write_text(rd.report / "report.md", render_markdown(ctx, figures, tune_figures))
+    rd.write_text(rd.report / "report.html", render_html(ctx, figures, tune_figures))
+    return {
+        "markdown": str(rd.report / "report.md"),
+        "html": str(rd.report / "report.html"),
+        "plots": list(figures),
+        "tuning_plots": list(tune_figures),
+    }
 
 
 def run_report(spec: JobSpec, rd: RunDir) -> dict[str, Any]:

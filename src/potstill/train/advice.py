@@ -1,6 +1,7 @@
 """Was the training long enough? A check on a finished training's loss history, for the console and the report.
 
     still_improving(history) -> Improving | None
+    why_it_stopped(summary) -> str | None     # max_steps: auto and max_minutes: why the training ended
 
 ``history``: the per-step records of a training (``training_summary.json``'s "history", or the report's step
 events): {"step", "loss", "val_loss"?}. The validation loss decides when there is one measured at or before 90 %
@@ -69,4 +70,27 @@ def still_improving(history: list[dict[str, Any]]) -> Improving | None:
     after = sum(v for _, v in last) / k
     if before > 0 and (before - after) / before >= MIN_DROP_TRAIN:
         return Improving("training", prev[-1][0], last[-1][0], before, after)
+    return None
+
+
+def why_it_stopped(summary: dict[str, Any]) -> str | None:
+    """Why a training ended, from training_summary.json, when that is news: the validation metric stopped
+    improving (max_steps: auto) or the time cap (max_minutes) was reached; None for a fixed number of steps."""
+    reason, steps = summary.get("stop_reason"), summary.get("steps")
+    minutes = (summary.get("train_seconds") or 0) / 60
+    name, value, best = summary.get("metric_name") or "metric", summary.get("metric"), summary.get("best_step")
+    best_text = f"; its best validation {name}, {value:.4g} at step {best:,}, is kept" if value is not None else ""
+    if reason == "plateau":
+        return (
+            f"training stopped at step {steps:,} after {minutes:.1f} min: the validation {name} had stopped improving"
+            f"{best_text}"
+        )
+    if reason == "time":
+        cap = (summary.get("max_seconds") or summary.get("train_seconds") or 0) / 60
+        rising = value is not None and best == steps  # its last validation was its best
+        more = "; it was still improving: a longer max_minutes would help" if rising else ""
+        return (
+            f"training stopped at its time cap ({cap:.3g} min, hyperparameters.max_minutes) at step {steps:,}"
+            f"{best_text}{more}"
+        )
     return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -54,19 +55,25 @@ def resolve_precision(choice: str, device: torch.device) -> str:
     return "no"
 
 
+AUTO_EVAL_EVERY = 200  # max_steps: auto without eval_every: the metric is measured this often (and each epoch)
+
+
 def fit_config(spec: JobSpec, device: torch.device | None = None) -> FitConfig:
     hp = spec.hyperparameters
+    auto = hp.max_steps == "auto"
     return FitConfig(
         learning_rate=hp.learning_rate,
         batch_size=hp.batch_size,
         num_epochs=hp.num_epochs,
-        max_steps=hp.max_steps,
+        max_steps=None if auto or hp.max_steps is None else int(hp.max_steps),
+        until_plateau=auto,
+        max_seconds=None if hp.max_minutes is None else 60.0 * hp.max_minutes,
         warmup_ratio=hp.warmup_ratio,
         lr_schedule=hp.lr_schedule,
         weight_decay=hp.weight_decay,
         grad_accum_steps=hp.grad_accum_steps,
         max_grad_norm=hp.max_grad_norm,
-        eval_every=hp.eval_every,
+        eval_every=hp.eval_every or (AUTO_EVAL_EVERY if auto else None),
         save_every=hp.save_every,
         seed=hp.seed,
         mixed_precision=resolve_precision(hp.mixed_precision, device or torch.device("cpu")),
@@ -127,6 +134,39 @@ def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device)
     return Distiller(hp.kd, spec.kd_temperature, teacher=teacher, hidden=hp.hidden, student=student)
 
 
+def share_of(n: int, share: float | None, seed: int) -> list[int]:
+    """The indices (in file order) of a seeded ``share`` of ``n`` rows, at least one: the first of a seeded
+    permutation, so with one seed a smaller share is a subset of a larger one. ``None`` or 1: every row."""
+    if share is None or share >= 1:
+        return list(range(n))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[: max(1, round(share * n))])
+
+
+def _hook(spec: JobSpec, rd: RunDir) -> OnValidation | None:
+    """The validation hook of this training: tune's (if any) and, with max_steps: auto, the metric it stops on
+    (tune's reported value when it scored this validation, else a probe of AUTO_ROWS validation rows)."""
+    outer = _ON_VALIDATION.get()
+    if spec.hyperparameters.max_steps != "auto":
+        return outer
+    from ..config_tune import TASK_METRICS
+    from .probe import AUTO_ROWS, MetricProbe
+
+    probe = MetricProbe(spec, TASK_METRICS[spec.task_type][0], AUTO_ROWS, kept=rd.data / "validation.jsonl")
+    if not probe.convs:
+        raise TrainingError(
+            f"max_steps: auto measures the validation metric, but {spec.data.validation} has no answers and no "
+            "teacher answer was kept for it; give a number of steps instead"
+        )
+
+    def hook(step: int, total: int, val_loss: float, model: Any) -> float | None:
+        value = outer(step, total, val_loss, model) if outer is not None else None
+        return probe(model) if value is None else value
+
+    return hook
+
+
 def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
     """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
     rows: list[EncodedRow] = []
@@ -173,6 +213,8 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     val_rows, _ = encode_split(spec, val_path, tok, False) if val_path.exists() else ([], {})
     if counts["truncated"]:
         rd.event("train", "truncated", rows=counts["truncated"], max_seq_len=hp.max_seq_len)
+    kept = len(train_rows)
+    train_rows = [train_rows[i] for i in share_of(kept, hp.data_share, hp.seed)]
     n_examples = len(train_rows)
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
@@ -182,6 +224,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         "train",
         "start",
         rows=n_examples,
+        **({"of_rows": kept, "data_share": hp.data_share} if hp.data_share is not None else {}),
         packed_rows=len(train_rows) if hp.packing else None,
         val_rows=len(val_rows),
         model=st.model,
@@ -212,11 +255,17 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
             distiller,
             dist,
             ckpt_key=key,
-            on_validation=_ON_VALIDATION.get(),
+            on_validation=_hook(spec, rd),
         )
     finally:
         if trackers is not None:
             trackers.close()
+    if hp.max_steps == "auto":
+        from ..config_tune import TASK_METRICS
+
+        result["metric_name"] = TASK_METRICS[spec.task_type][0]
+    if cfg.max_seconds is not None:
+        result["max_seconds"] = cfg.max_seconds
     save_student(model, tok, rd, dist, lora=st.lora is not None, summary=dict(result.items()))
     return {
         "rows": n_examples,
@@ -228,6 +277,9 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         "best_step": result["best_step"],
         "stopped_early": result["stopped_early"],
         "resumed_from": result["resumed_from"],
+        "stop_reason": result["stop_reason"],
+        **({"metric": result["metric"]} if result.get("metric") is not None else {}),
+        "train_seconds": result["train_seconds"],
     }
 
 

@@ -10,7 +10,12 @@ of the step, so accumulation and process count do not change the result:
 Validation loss (cross-entropy on the validation rows) every ``eval_every`` steps and at each epoch's end;
 early stopping after ``patience`` validations without improvement; the best weights are restored at the end.
 ``on_validation(step, total_steps, val_loss, model)`` sees each validation (potstill tune scores the student
-there and may raise to stop a bad trial).
+there and may raise to stop a bad trial); it may return the validation *metric* (higher is better).
+``until_plateau`` (max_steps: auto) trains with no step horizon (total_steps is 0 for the hook; the learning rate
+stays at its peak after a warm-up of warmup_ratio of an epoch) until that metric has not improved for
+``early_stopping_patience`` validations (default 3), and keeps the weights of its best. ``max_seconds`` stops any
+training once its training time (summed over resumes) reaches it, after a last validation. The result's
+``stop_reason`` says why training ended: steps | early_stop | plateau | time.
 Checkpoints (checkpoint.py) every ``save_every`` steps and at the end, each under ``ckpt_key``; after kill -9
 the next run with the same key resumes from the newest readable one and sees the batches an uninterrupted run
 would have seen. A different key never resumes: it trains from the model as given.
@@ -46,7 +51,10 @@ from .dist import Dist
 from .kd import Distiller, model_inputs
 
 Log = Callable[..., None]
-OnValidation = Callable[[int, int, float, Any], None]
+OnValidation = Callable[[int, int, float, Any], "float | None"]
+UNBOUNDED = 10**12  # the step horizon of a training that runs until a plateau (until_plateau)
+PLATEAU_PATIENCE = 3  # validations without a better metric that end an until_plateau training
+clock = time.perf_counter  # the training's clock (time caps); tests replace it
 
 
 @dataclass
@@ -69,20 +77,28 @@ class FitConfig:
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
     restore_best: bool = True
+    until_plateau: bool = False  # max_steps: auto (see the module's docstring)
+    max_seconds: float | None = None  # stop once the training time reaches this
+
+    def epoch_steps(self, n_rows: int, world: int = 1) -> int:
+        return math.ceil(n_rows / (self.batch_size * world * self.grad_accum_steps))
 
     def total_steps(self, n_rows: int, world: int = 1) -> int:
-        per_epoch = math.ceil(n_rows / (self.batch_size * world * self.grad_accum_steps))
+        if self.until_plateau:
+            return UNBOUNDED
+        per_epoch = self.epoch_steps(n_rows, world)
         total = max(1, math.ceil(per_epoch * self.num_epochs))
         return min(total, self.max_steps) if self.max_steps else total
 
 
-def lr_lambda(cfg: FitConfig, total: int) -> Callable[[int], float]:
-    warm = int(cfg.warmup_ratio * total)
+def lr_lambda(cfg: FitConfig, total: int, epoch_steps: int = 0) -> Callable[[int], float]:
+    """The learning-rate multiplier per step; until_plateau: warm-up over warmup_ratio of an epoch, then 1."""
+    warm = int(cfg.warmup_ratio * (epoch_steps if cfg.until_plateau else total))
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / (warm + 1)
-        if cfg.lr_schedule == "constant":
+        if cfg.lr_schedule == "constant" or cfg.until_plateau:
             return 1.0
         progress = (step - warm) / max(1, total - warm)
         if cfg.lr_schedule == "linear":
@@ -177,11 +193,17 @@ def evaluate_loss(
     return float(acc[0] / acc[1].clamp(min=1))
 
 
+def _agreed(dist: Dist, flag: bool) -> bool:
+    """``flag`` on any process (each process's clock differs; they must stop at the same step)."""
+    return flag if dist.world == 1 else bool(dist.all_sum(torch.tensor([float(flag)]))[0] > 0)
+
+
 class _Stopper:
     """Best validation loss so far and validations since; stops after ``patience`` without improvement."""
 
-    def __init__(self, cfg: FitConfig, st: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: FitConfig, st: dict[str, Any] | None = None, patience: int | None = None) -> None:
         self.cfg = cfg
+        self.patience = cfg.early_stopping_patience if patience is None else patience
         st = st or {}
         self.best: float | None = st.get("best_val")
         self.best_step: int | None = st.get("best_step")
@@ -197,8 +219,7 @@ class _Stopper:
 
     @property
     def stop(self) -> bool:
-        p = self.cfg.early_stopping_patience
-        return p is not None and self.bad >= p
+        return self.patience is not None and self.bad >= self.patience
 
     def state(self) -> dict[str, Any]:
         return {"best_val": self.best, "best_step": self.best_step, "bad_evals": self.bad}
@@ -219,10 +240,14 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` in place (the best weights when there is validation data).
 
-    Returns {"steps", "train_loss", "val_loss", "best_step", "stopped_early", "resumed_from", "history"}.
+    Returns {"steps", "train_loss", "val_loss", "best_step", "stopped_early", "resumed_from", "history",
+    "stop_reason", "metric" (until_plateau: the best validation metric), "train_seconds"}.
     """
     if not rows:
         raise TrainingError("no training rows: every teacher output was filtered out (see data/rejected.jsonl)")
+    plateau = cfg.until_plateau
+    if plateau and not val_rows:
+        raise TrainingError("max_steps: auto stops when the validation metric stops improving; no validation rows")
     log = log or (lambda *a, **k: None)
     dist = dist or Dist()
     writer = dist.rank == 0
@@ -242,13 +267,15 @@ def fit(
         lr=cfg.learning_rate,
     )
     total = cfg.total_steps(len(rows), dist.world)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total, cfg.epoch_steps(len(rows), dist.world)))
     scaler = torch.amp.GradScaler(dev.type) if cfg.mixed_precision == "fp16" else None
     model, opt = dist.prepare(model, opt)
     step, epoch, pos = 0, 0, 0
     history: list[dict[str, Any]] = []
-    resumed_from, stopped = None, False
-    stopper = _Stopper(cfg)
+    resumed_from, stopped, reason, spent = None, False, None, 0.0
+    patience = (cfg.early_stopping_patience or PLATEAU_PATIENCE) if plateau else None
+    losses = _Stopper(cfg)  # the best validation loss; it decides the best weights and early stopping unless plateau
+    stopper = _Stopper(cfg, patience=patience) if plateau else losses
     if (found := load_latest(ckpt_dir, ckpt_key, log)) is not None:
         ck, st = found
         if dist.sharded:
@@ -262,7 +289,9 @@ def fit(
             scaler.load_state_dict(st["scaler"])
         set_rng_state(st["rng"])
         step, epoch, pos, history = st["step"], st["epoch"], st["pos"], st["history"]
-        stopper, stopped = _Stopper(cfg, st), st.get("stopped", False)
+        losses, stopped = _Stopper(cfg, st), st.get("stopped", False)
+        stopper = _Stopper(cfg, st.get("plateau"), patience=patience) if plateau else losses
+        reason, spent = st.get("stop_reason"), float(st.get("elapsed_s", 0.0))
         resumed_from = step
         log("resume", step=step, checkpoint=ck.name)
     alpha = distiller.kd.alpha if distiller is not None and distiller.kd is not None else 0.0
@@ -270,7 +299,7 @@ def fit(
     want_hidden = distiller is not None and distiller.needs_hidden_states
     tail_ok = distiller is None and keeps_logits_tail(model)  # KD and hidden-state losses need every position
     best_mem: dict[str, torch.Tensor] | None = None
-    t0 = time.perf_counter()
+    t0 = clock()
     train_loss = float("nan")
     batch_of = Collator(rows, pad_id)  # each row's tensors built once, not every epoch
     lengths = [len(r.input_ids) for r in rows] if cfg.group_by_length else None
@@ -325,22 +354,39 @@ def fit(
                 rec.update(ce=round(ce_v, 5), **({"kd": round(kd_v, 5)} if distiller.kd else {}))
                 rec.update({"hidden": round(hid_v, 5)} if distiller.hidden else {})
             end_of_epoch = pos >= len(batches)
-            if val_rows and (end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+            out_of_time = cfg.max_seconds is not None and _agreed(dist, spent + clock() - t0 >= cfg.max_seconds)
+            due = end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total or out_of_time
+            if val_rows and due:
                 val = evaluate_loss(model, val_rows, pad_id, dist=dist)
                 rec["val_loss"] = round(val, 5)
-                if stopper.update(val, step) and not dist.sharded:
+                improved = losses.update(val, step)
+                score = None
+                if on_validation is not None:
+                    score = on_validation(step, 0 if plateau else total, val, dist.unwrap(model))
+                if plateau:
+                    if score is not None and dist.world > 1:  # every process stops at the same step
+                        score = float(dist.all_sum(torch.tensor([float(score)]))[0]) / dist.world
+                    improved = score is not None and stopper.update(-float(score), step)
+                    if score is not None:
+                        rec["metric"] = round(float(score), 5)
+                if improved and not dist.sharded:
                     best = {"model": trainable_state(dist.unwrap(model)), "step": step, "val_loss": val}
                     if ckpt_dir is None:
                         best_mem = best["model"]
                     elif writer:
                         save_best(ckpt_dir, best, ckpt_key)
-                if on_validation is not None:
-                    on_validation(step, total, val, dist.unwrap(model))
                 if stopper.stop:
-                    stopped = True
-                    log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=round(stopper.best or 0, 5))
+                    stopped, reason = True, "plateau" if plateau else "early_stop"
+                    best_v = round(-(stopper.best or 0) if plateau else (stopper.best or 0), 5)
+                    if plateau:
+                        log("plateau", step=step, best_step=stopper.best_step, best_metric=best_v)
+                    else:
+                        log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=best_v)
+            if out_of_time and not stopped:
+                stopped, reason = True, "time"
+                log("time_cap", step=step, train_seconds=round(spent + clock() - t0, 2), max_seconds=cfg.max_seconds)
             history.append(rec)
-            log("step", **rec, elapsed_s=round(time.perf_counter() - t0, 2))
+            log("step", **rec, elapsed_s=round(clock() - t0, 2))
             if ckpt_dir is not None and (step % cfg.save_every == 0 or step == total or stopped):
                 state = {
                     "model": {} if dist.sharded else trainable_state(dist.unwrap(model)),
@@ -354,7 +400,10 @@ def fit(
                     "pos": 0 if end_of_epoch else pos,
                     "history": history,
                     "stopped": stopped,
-                    **stopper.state(),
+                    "stop_reason": reason,
+                    "elapsed_s": spent + clock() - t0,
+                    **losses.state(),
+                    **({"plateau": stopper.state()} if plateau else {}),
                 }
                 if dist.sharded or writer:
                     path = save_checkpoint(
@@ -375,9 +424,12 @@ def fit(
     return {
         "steps": step,
         "train_loss": train_loss,
-        "val_loss": round(stopper.best, 5) if stopper.best is not None else None,
+        "val_loss": round(losses.best, 5) if losses.best is not None else None,
         "best_step": stopper.best_step,
         "stopped_early": stopped,
         "resumed_from": resumed_from,
         "history": history,
+        "stop_reason": reason or "steps",
+        "metric": round(-stopper.best, 5) if plateau and stopper.best is not None else None,
+        "train_seconds": round(spent + clock() - t0, 3),
     }

@@ -36,6 +36,7 @@ from ..run_dir import RunDir, read_jsonl
 from .study import CreationLock, default_storage, finished, open_study, running
 from .summary import best_trial, promote, summary, trial_line
 from .trial import Trial, is_here, retrain
+from .workers import no_live_workers, run_workers
 
 MAX_FAILS_IN_A_ROW = 3
 POLL_S = 2.0  # how often a worker waiting for other workers' trials looks again
@@ -48,8 +49,10 @@ def run_tune(
     storage: str | None = None,
     timeout: float | None = None,
     log: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> RunDir:
-    """Tune, promote the winner to ``run_dir``/student and evaluate it; returns the run folder."""
+    """Tune, promote the winner to ``run_dir``/student and evaluate it; returns the run folder. ``workers``: that
+    many processes on this machine share the study (tune/workers.py)."""
     if spec.tune is None:
         raise ConfigError("the job has no tune: section; add one with the space to search (see docs/tuning.md)")
     say = log or (lambda msg: None)
@@ -57,14 +60,25 @@ def run_tune(
     if target < 1:
         raise ConfigError(f"--trials must be at least 1 (got {target})")
     limit = spec.tune.timeout_s if timeout is None else timeout
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1 (got {workers})")
     _check_references(spec)
     rd = RunDir(Path(run_dir))
     with run_lock(rd):
         run_pipeline(spec, rd.root, only=["generate", "validate"], log=say)
         n_rows = sum(1 for _ in read_jsonl(rd.data / "train.jsonl"))
         url = storage or default_storage(rd)
-        study = open_study(spec, rd, storage)
-        _search(study, Trial(spec, rd, n_rows, say), spec, rd, url, target, limit, say)
+        with no_live_workers(rd):  # an earlier tune's workers are gone before its RUNNING trials are failed
+            study = open_study(spec, rd, storage)
+        if workers == 1:
+            _search(study, Trial(spec, rd, n_rows, say), spec, rd, url, target, limit, say)
+        else:
+            if (done := finished(study)) > 0:
+                say(f"tune: continuing the study {study.study_name!r}: {done} of {target} trials finished earlier")
+            for i, code in enumerate(run_workers(spec, rd, url, target, limit, workers, say)):
+                if code != 0:
+                    say(f"tune: worker {i + 1} ended with exit status {code} (its lines above say why)")
+            rd.write_json(rd.root / "tune" / "summary.json", summary(study, spec, url, target))
         best = best_trial(study)
         if best is None:
             raise TrainingError(_no_winner(study, spec))
@@ -80,9 +94,11 @@ def run_tune(
         final = winner_spec(spec, winner)
         promoted = promote(rd, winner)
         if promoted:
-            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.value)
+            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.values[0])
             metric = spec.tune.metric(spec.task_type)
-            say(f"tune: #{best.number:03d} wins ({metric} {best.value:.3g} on validation), promoted to student/")
+            on = "of the Pareto front " if len(best.values) > 1 else ""
+            value = best.values[0]
+            say(f"tune: #{best.number:03d} wins {on}({metric} {value:.3g} on validation), promoted to student/")
         run_pipeline(final, rd.root, only=["evaluate", "report"], force=promoted, log=say)
     return rd
 
@@ -148,7 +164,7 @@ def _one_trial(study: Any, objective: Trial) -> int | None:
     exists); its number, or None when it failed before it began."""
     objective.number = None
     try:
-        study.optimize(objective, n_trials=1, catch=(PotstillError,), gc_after_trial=True)
+        study.optimize(objective, n_trials=1, catch=(PotstillError,))  # no gc.collect: 0.2-0.5 s a trial
     except KeyboardInterrupt:
         if objective.number is not None:
             _requeue(study, objective.number)

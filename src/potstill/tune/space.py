@@ -48,7 +48,8 @@ def trial_spec(spec: JobSpec, params: dict[str, Any], n_rows: int) -> JobSpec:
     d["data"].pop("test", None)
     ev = d["evaluation"]
     ev.update(teacher=False, baseline=False, models=[])
-    limits = {c.name for c in spec.tune.objective.parsed()}  # a constrained measure is always measured
+    limits = {c.name for c in spec.tune.objective.parsed()}  # a constrained measure is always measured,
+    limits |= {name for name, _ in spec.tune.objective.objectives(spec.task_type)}  # and an optimised one
     if limits & {"latency_ms_p50", "latency_ms_p95"} and "latency" not in ev["metrics"]:
         ev["metrics"].append("latency")
     if "peak_memory_mb" in limits and "memory" not in ev["metrics"]:
@@ -57,7 +58,10 @@ def trial_spec(spec: JobSpec, params: dict[str, Any], n_rows: int) -> JobSpec:
         out = JobSpec.model_validate(d)
     except ValidationError as exc:  # values inside the checked bounds can still clash (the trial fails alone)
         raise ConfigError(format_problems(exc, JobSpec, "trial", {})) from None
-    every = max(1, fit_config(out).total_steps(n_rows) // spec.tune.reports)
+    if out.hyperparameters.max_steps == "auto":  # no known length: it validates (and reports) as the job says
+        return out
+    rows = max(1, round(n_rows * (out.hyperparameters.data_share or 1.0)))  # a trial may train on a share
+    every = max(1, fit_config(out).total_steps(rows) // spec.tune.reports)
     own = out.hyperparameters.eval_every
     out.hyperparameters.eval_every = min(own, every) if own else every
     return out

@@ -135,8 +135,9 @@ def _pruner(spec: JobSpec) -> Any:
             return optuna.pruners.NopPruner()
 
 
-def open_study(spec: JobSpec, rd: RunDir, storage: str | None) -> Any:
-    """Create or continue the job's study; fail clearly when it was begun on other inputs."""
+def open_study(spec: JobSpec, rd: RunDir, storage: str | None, salt: int = 0) -> Any:
+    """Create or continue the job's study; fail clearly when it was begun on other inputs. ``salt`` is added to
+    the sampler's seed (each worker of --workers K samples its own draws)."""
     import optuna
 
     assert spec.tune is not None
@@ -147,12 +148,12 @@ def open_study(spec: JobSpec, rd: RunDir, storage: str | None) -> Any:
     lock = CreationLock(url, spec.name)
     try:
         with lock.held():  # workers starting together create the tables, the study and its queue once
-            return _open(spec, storage, url)
+            return _open(spec, storage, url, salt)
     finally:
         lock.close()
 
 
-def _open(spec: JobSpec, storage: str | None, url: str) -> Any:
+def _open(spec: JobSpec, storage: str | None, url: str, salt: int) -> Any:
     import optuna
 
     assert spec.tune is not None
@@ -163,23 +164,25 @@ def _open(spec: JobSpec, storage: str | None, url: str) -> Any:
             heartbeat_interval=HEARTBEAT_S,
             grace_period=GRACE_S,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None,  # several writers
         )
     study = optuna.create_study(
         storage=backend,
         study_name=spec.name,
-        direction=spec.tune.objective.direction,
+        directions=[d for _, d in spec.tune.objective.objectives(spec.task_type)],
         pruner=_pruner(spec),
         load_if_exists=True,
     )
     fp = study_fingerprint(spec)
-    if study.user_attrs.get(FINGERPRINT, fp) != fp or study.direction.name.lower() != spec.tune.objective.direction:
+    wanted = [d for _, d in spec.tune.objective.objectives(spec.task_type)]
+    if study.user_attrs.get(FINGERPRINT, fp) != fp or [d.name.lower() for d in study.directions] != wanted:
         where = "remove runs/<name>/tune/ to start over" if storage is None else "use another --storage or job name"
         raise PotstillError(
             f"the study {spec.name!r} in {shown_url(url)} was begun with other teacher data, settings or objective; "
             f"its trials would not compare with new ones: {where}"
         )
     study.set_user_attr(FINGERPRINT, fp)
-    study.sampler = _sampler(spec, spec.tune.seed + len(study.trials))  # a resumed run does not replay its draws
+    study.sampler = _sampler(spec, spec.tune.seed + len(study.trials) + salt)  # a resumed run: no replayed draws
     if storage is None:
         rerun_orphans(study)
     queued = int(study.user_attrs.get("start_with_queued", 0))  # rows queued by an earlier run are not again

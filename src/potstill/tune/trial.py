@@ -8,6 +8,11 @@ can be inspected, reported or exported like one). Its checkpoints are removed wh
 result. What it measured goes into the trial's user attributes, which summary.json and the constraints read,
 with the host and run folder that trained it (with several workers the winner may live on another machine:
 ``retrain`` trains it again here, in tune/trials/NNN-winner/, with the same settings and seed).
+
+A trial that runs again the values of one whose process died (kill -9, a lost worker, Ctrl-C) continues its
+training: when the dead trial's folder is here and holds checkpoints, it becomes the new trial's folder
+(renamed to the new number) and the train stage resumes from its newest checkpoint; the values it reported to
+the pruner are reported again. The dead trial stays failed (it never counts), the new one counts once.
 """
 
 from __future__ import annotations
@@ -69,6 +74,28 @@ def prepare(folder: Path, rd: RunDir) -> None:
     RunDir(folder).copy_stages(rd, ["generate", "validate"])
 
 
+def origin_of(trial: Any) -> Any | None:
+    """The failed trial this one runs again, or None: the last of Optuna's ``retry_history`` (a heartbeat retry,
+    which also copies the dead trial's user attributes), else ``retry_of`` (queued by a re-run or a Ctrl-C)."""
+    trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+    history = trials[trial.number].system_attrs.get("retry_history") or []
+    number = history[-1] if history else trial.user_attrs.get("retry_of")
+    return None if number is None else trials.get(number)
+
+
+def take_over(trial: Any, rd: RunDir, folder: Path) -> Any | None:
+    """Move the folder of the dead trial this one runs again to ``folder`` when its checkpoints are here; the
+    dead trial (None when there is nothing to continue)."""
+    origin = origin_of(trial)
+    if origin is None or folder.exists() or not is_here(rd, origin.user_attrs):
+        return None
+    old = trial_dir(rd, origin.number)
+    if not any((old / "checkpoints").glob("step-*")):
+        return None
+    old.rename(folder)
+    return origin
+
+
 def measures(folder: Path, metric: str) -> dict[str, Any]:
     """The distilled student's numbers in a finished trial: the metric, every task metric, speed and size."""
     results = json.loads((folder / "eval" / "results.json").read_text())
@@ -95,11 +122,12 @@ class Trial:
         assert spec.tune is not None
         self.spec, self.rd, self.n_rows, self.log = spec, rd, n_rows, log
         self.metric = spec.tune.metric(spec.task_type)
+        self.objectives = [name for name, _ in spec.tune.objective.objectives(spec.task_type)]
         self.limits = spec.tune.objective.parsed()
         self.number: int | None = None  # the trial running now (for an interrupt)
         self.started: Callable[[], None] = lambda: None  # called once the trial exists (releases CreationLock)
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Any) -> float | tuple[float, ...]:
         tune = self.spec.tune
         assert tune is not None
         self.number = trial.number
@@ -109,22 +137,41 @@ class Trial:
         trial.set_user_attr("folder", str(folder.relative_to(self.rd.root)))
         for key, value in where(self.rd).items():
             trial.set_user_attr(key, value)
+        trial.set_user_attr("pid", os.getpid())  # the process that ran it (--workers K)
         spec = trial_spec(self.spec, params, self.n_rows)
+        origin = take_over(trial, self.rd, folder)
+        if origin is not None:
+            trial.set_user_attr("resumed_from_trial", origin.number)
+            self.log(f"tune: #{trial.number:03d} continues the training of #{origin.number:03d} from its checkpoint")
         prepare(folder, self.rd)
         t0 = time.monotonic()
+        interrupted = False
         try:
-            with on_validation(Reporter(trial, spec, self.metric, tune.reports, tune.report_rows)):
+            if len(self.objectives) == 1:  # Optuna prunes single-objective studies only: no reports otherwise
+                reporter = Reporter(trial, spec, self.metric, tune.reports, tune.report_rows)
+                if origin is not None:
+                    reporter.replay(origin.intermediate_values)
+                with on_validation(reporter):
+                    run_pipeline(spec, folder, only=["train", "evaluate"])
+            else:
                 run_pipeline(spec, folder, only=["train", "evaluate"])
             got = measures(folder, self.metric)
+            missing = [name for name in self.objectives if got.get(name) is None]
+            if missing:
+                raise EvaluationError(f"{folder}: the trial did not measure {missing[0]}")
         except PotstillError as exc:
             trial.set_user_attr("error", str(exc).splitlines()[0][:300])
             raise
+        except KeyboardInterrupt:
+            interrupted = True  # its checkpoints stay: the trial that runs it again continues from them
+            raise
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - t0, 2))
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        for name in (self.metric, *MEASURES):
-            trial.set_user_attr(name, got.get(name))
+            if not interrupted:
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        trial.set_user_attr("measures", {name: got.get(name) for name in (self.metric, *MEASURES)})  # one write
         violations = [c.violation(float(got[c.name])) if got.get(c.name) is not None else 1.0 for c in self.limits]
         trial.set_user_attr("violations", violations)
         trial.set_user_attr("feasible", all(v <= 0 for v in violations))
-        return float(got[self.metric])
+        values = tuple(float(got[name]) for name in self.objectives)
+        return values if len(values) > 1 else values[0]

@@ -1,0 +1,126 @@
+"""A tune on the demo's --quick task against its fixed recipe (docs/tuning.md, "Benchmarks"; issue #14's target:
+≤ 20 trials in ≤ 30 min on 2 cores, each trial capped at the fixed recipe's training time, ≥ 15 points better on
+test than the fixed recipe).
+
+    PYTHONPATH=src python benchmarks/tune_quick.py [--trials 20] [--timeout-min 30] [--run-dir runs/bench-tune-quick]
+    PYTHONPATH=src python benchmarks/tune_quick.py --small        # a few minutes: checks that the script works
+
+1. The demo's --quick assets (its splits and untrained student; --small: the first 300 / 64 / 100 rows) and the
+   fixed recipe (potstill.demo.RECIPE, 800 steps; --small: 100) run as ``potstill run`` does, in one folder:
+   generate, validate, train, evaluate. Its test accuracy and training seconds are kept (fixed_results.json).
+2. ``potstill tune`` in the same folder (the teacher data are reused: nothing is generated again) searches the
+   learning rate, batch size, schedule, warm-up, weight decay and steps, with ``max_minutes`` = the fixed recipe's
+   training time, so no trial trains longer than it; the fixed recipe is the first trial. The winner is tested.
+3. Prints the machine, the fixed and the tuned test accuracy, the gain in points, the tune's wall time and the
+   table of trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from _tune_common import machine
+
+from potstill.config import validate_spec
+from potstill.demo import RECIPE, build_assets, demo_spec
+from potstill.pipeline import run_pipeline
+from potstill.run_dir import RunDir
+from potstill.tune import run_tune
+from potstill.tune.summary import trials_table
+
+SMALL = {"train": 300, "validation": 64, "test": 100, "steps": 100, "trials": 3}
+
+
+def _truncate(path: Path, n: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:n]))
+
+
+def distilled(rd: Path) -> dict[str, Any]:
+    results = json.loads((rd / "eval" / "results.json").read_text())
+    return next(m for m in results["models"] if m["role"] == "distilled")
+
+
+def tune_section(steps: int, cap_min: float, trials: int, timeout_s: float | None) -> dict[str, Any]:
+    fixed = {
+        "hyperparameters.learning_rate": RECIPE["learning_rate"],
+        "hyperparameters.batch_size": RECIPE["batch_size"],
+        "hyperparameters.lr_schedule": RECIPE["lr_schedule"],
+        "hyperparameters.warmup_ratio": RECIPE["warmup_ratio"],
+        "hyperparameters.weight_decay": RECIPE["weight_decay"],
+        "hyperparameters.max_steps": steps,
+    }
+    return {
+        "space": {
+            "hyperparameters.learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+            "hyperparameters.batch_size": {"choices": [8, 16, 32]},
+            "hyperparameters.lr_schedule": {"choices": ["linear", "cosine", "constant"]},
+            "hyperparameters.warmup_ratio": {"low": 0.0, "high": 0.1},
+            "hyperparameters.weight_decay": {"low": 0.0, "high": 0.2},
+            "hyperparameters.max_steps": {"low": steps // 2, "high": steps * 3, "step": max(1, steps // 4)},
+        },
+        "trials": trials,
+        **({"timeout_s": timeout_s} if timeout_s else {}),
+        "pruner": {"kind": "median", "startup_trials": 3},
+        "reports": 5,
+        "report_rows": 64,
+        "start_with": [fixed],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="a small version that checks the script works")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--timeout-min", type=float, default=30.0, help="start no trial after this many minutes")
+    ap.add_argument("--run-dir", type=Path, default=None)
+    a = ap.parse_args()
+    rd = a.run_dir or Path("runs/bench-tune-quick-small" if a.small else "runs/bench-tune-quick")
+    print(f"machine: {machine()}", flush=True)
+    assets = rd / "assets"
+    size = build_assets(assets, quick=True, log=print)
+    steps, trials = (SMALL["steps"], SMALL["trials"]) if a.small else (size["steps"], a.trials)
+    if a.small:
+        for name in ("train", "validation", "test"):
+            _truncate(assets / f"{name}.jsonl", SMALL[name])
+    spec = demo_spec(assets.resolve(), quick=True)
+    spec["hyperparameters"]["max_steps"] = steps
+    (assets / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    run_pipeline(validate_spec(spec), rd, log=print)  # the fixed recipe, as potstill run does
+    fixed = distilled(rd)
+    fixed_s = float(RunDir(rd).stage("train")["elapsed_s"])
+    (rd / "fixed_results.json").write_text((rd / "eval" / "results.json").read_text())
+    print(f"fixed recipe: test accuracy {fixed['accuracy']:.1%}, {steps} steps in {fixed_s:.0f} s", flush=True)
+
+    cap_min = fixed_s / 60
+    tuned_spec = {**spec, "hyperparameters": {**spec["hyperparameters"], "max_minutes": round(cap_min, 3)}}
+    tuned_spec["tune"] = tune_section(steps, cap_min, trials, None if a.small else 60 * a.timeout_min)
+    t0 = time.perf_counter()
+    run_tune(validate_spec(tuned_spec), rd, log=print)
+    wall = time.perf_counter() - t0
+    tuned = distilled(rd)
+    s = json.loads((rd / "tune" / "summary.json").read_text())
+
+    header, rows, title = trials_table(s)
+    print(f"\n{title}")
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join(r))
+    gain = 100 * (tuned["accuracy"] - fixed["accuracy"])
+    print(
+        f"\nfixed recipe {fixed['accuracy']:.1%} -> tuned #{s['best']['number']:03d} {tuned['accuracy']:.1%} on "
+        f"{json.loads((rd / 'eval' / 'results.json').read_text())['rows']} test rows: {gain:+.1f} points "
+        f"(target +15); {s['finished']} trials ({s['pruned']} pruned) in {wall / 60:.1f} min, each capped at "
+        f"{cap_min:.2f} min of training"
+    )
+    print(f"machine after: {machine()}")
+
+
+if __name__ == "__main__":
+    main()
