@@ -27,6 +27,7 @@ from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtyp
 from .data import EncodedRow, encode_chat
 from .dist import Dist
 from .kd import Distiller, attach_logprobs, check_tokenizers
+from .on_policy import OnPolicy, end_of_turn
 from .packing import pack
 from .tracking import Trackers
 from .trainer import FitConfig, OnValidation, fit
@@ -127,6 +128,31 @@ def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device)
     return Distiller(hp.kd, spec.kd_temperature, teacher=teacher, hidden=hp.hidden, student=student)
 
 
+def build_on_policy(
+    spec: JobSpec, tok: Any, rows: list[EncodedRow], distiller: Distiller | None, device: torch.device
+) -> OnPolicy | None:
+    """The on-policy sampler and scorer: the local teacher (shared with the distiller when it has one), or an
+    OpenAI-compatible server's prompt logprobs (probed first: train/remote_scorer.py)."""
+    from ..decode import stop_token_ids
+
+    hp = spec.hyperparameters
+    if hp.on_policy is None:
+        return None
+    stops = stop_token_ids(tok)
+    kw = {"seed": hp.seed, "stop_ids": stops, "pad_id": tok.pad_token_id or 0, "max_seq_len": hp.max_seq_len}
+    end = end_of_turn(rows, stops)
+    t = spec.teacher
+    if t.kind == "hf":
+        teacher = distiller.teacher if distiller is not None else None
+        if teacher is None:
+            check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+            teacher = load_causal_lm(t.model, device, pick_dtype(t.dtype, device)).requires_grad_(False)
+        return OnPolicy(hp.on_policy, end_id=end, teacher=teacher, **kw)
+    from .remote_scorer import RemoteScorer
+
+    return OnPolicy(hp.on_policy, end_id=end, scorer=RemoteScorer.probed(spec, tok), **kw)
+
+
 def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
     """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
     rows: list[EncodedRow] = []
@@ -177,6 +203,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
     distiller = build_distiller(spec, tok, model, device)
+    on_policy = build_on_policy(spec, tok, train_rows, distiller, device)
     cfg = fit_config(spec, device)
     rd.event(
         "train",
@@ -191,6 +218,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         precision=cfg.mixed_precision,
         kd=hp.kd.model_dump() if hp.kd else None,
         logprob_rows=counts["aligned"] if use_lp else None,
+        on_policy=hp.on_policy.model_dump() if hp.on_policy else None,
     )
     trackers = Trackers(hp.report_to, rd.logs, spec.name, hp.model_dump()) if rd.writer and hp.report_to else None
 
@@ -213,6 +241,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
             dist,
             ckpt_key=key,
             on_validation=_ON_VALIDATION.get(),
+            on_policy=on_policy,
         )
     finally:
         if trackers is not None:
