@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..config import JobSpec, LoraSpec
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..run_dir import RunDir, atomic_replace_dir, atomic_write_text, read_jsonl
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype, quiet_transformers
 from .data import EncodedRow, encode_chat
@@ -151,6 +151,23 @@ def build_on_policy(
     from .remote_scorer import RemoteScorer
 
     return OnPolicy(hp.on_policy, end_id=end, scorer=RemoteScorer.probed(spec, tok), **kw)
+
+
+def check_on_policy_teacher(spec: JobSpec) -> None:
+    """ConfigError unless the teacher can score the student's tokens: a local teacher with the student's
+    tokenizer, or a server whose probe request comes back with prompt logprobs (run before any stage)."""
+    st, t = spec.student, spec.teacher
+    tok = load_tokenizer(st.tokenizer or st.model)
+    if t.kind == "hf":
+        try:
+            check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+        except TrainingError as exc:
+            why = f"the teacher cannot score the student's tokens: {exc}"
+            raise ConfigError(f"hyperparameters.on_policy: {why}") from None
+        return
+    from .remote_scorer import RemoteScorer
+
+    RemoteScorer.probed(spec, tok).client.close()
 
 
 def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
