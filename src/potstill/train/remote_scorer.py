@@ -50,7 +50,10 @@ def parse_prompt_logprobs(body: Any, n: int) -> TopK:
         e = e or {}
         if not isinstance(e, dict):
             raise ScoreError(f"a prompt_logprobs entry is a {type(e).__name__}, not an object")
-        pairs = sorted(((int(k), float(v["logprob"] if isinstance(v, dict) else v)) for k, v in e.items()))
+        try:
+            pairs = sorted((int(k), float(v["logprob"] if isinstance(v, dict) else v)) for k, v in e.items())
+        except (KeyError, TypeError, ValueError):
+            raise ScoreError(f"a prompt_logprobs entry is not {{token id: {{logprob}}}}: {str(e)[:80]}") from None
         ids.append([i for i, _ in pairs])
         lps.append([x for _, x in pairs])
     return ids, lps
