@@ -148,3 +148,24 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tiny_models: dict, tmp_p
     for a, b in zip(plain["history"], resumed["history"], strict=True):
         assert {k: a.get(k) for k in fields} == {k: b.get(k) for k in fields}, a["step"]
     assert resumed["val_loss"] == plain["val_loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_sample_and_train_like_one(tiny_models: dict, tmp_path: Path) -> None:
+    """Each process samples its share of the rows with the rows' own seeds: 2 × batch 2 equals 1 × batch 4."""
+    hp = {"batch_size": 2, "num_epochs": 2, "on_policy": {**OP, "lmbda": 0.5}}
+    d, two = _prepared(tiny_models, tmp_path, hyperparameters=hp)
+    one = tmp_path / "one"
+    shutil.copytree(two, one)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29531"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    res = subprocess.run(
+        [*cmd, "-m", "potstill", "train", str(two)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    _train(d, one, batch_size=4)
+    steps_two, steps_one = RunDir(two).events("train", "step"), RunDir(one).events("train", "step")
+    assert len(steps_two) == len(steps_one) == 6 and {s["on_policy"] for s in steps_one} == {0, 1}
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["on_policy"] == b["on_policy"] and a.get("completion_tokens") == b.get("completion_tokens")
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
