@@ -195,3 +195,13 @@ def test_plot_shows_on_policy_share_and_teacher_scored_divergence() -> None:
         return int.from_bytes(png[20:24], "big")  # the PNG header's IHDR height
 
     assert height(loss_plot(mixed)) > height(loss_plot(plain))  # a second panel
+
+
+def test_sharded_training_is_refused_at_once(pair: dict) -> None:
+    from types import SimpleNamespace
+
+    from potstill.errors import TrainingError
+    from potstill.train.trainer import FitConfig, fit
+
+    with pytest.raises(TrainingError, match="not supported yet: train with DDP"):
+        fit(pair["student"], pair["rows"], [], FitConfig(), 0, dist=SimpleNamespace(sharded=True), on_policy=_op(pair))
