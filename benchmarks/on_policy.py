@@ -1,7 +1,7 @@
 """On-policy distillation on the demo's task, measured: accuracy at equal wall-clock, and speed against TRL's GKD.
 
     PYTHONPATH=src python benchmarks/on_policy.py                  # both parts, ~25 min on 2 busy cores
-    PYTHONPATH=src python benchmarks/on_policy.py --part accuracy  # or --part speed
+    PYTHONPATH=src python benchmarks/on_policy.py --part accuracy  # or --part speed, or --part steps
 
 1. Accuracy (the ``--quick`` demo: its 2,000 worked answers, its untrained 242K-parameter student, its recipe:
    16 packed rows of 192 tokens a step, lr 3e-3, linear decay; greedy accuracy on its 300 test problems). SFT
@@ -16,6 +16,9 @@
    against TRL's GKDTrainer (lmbda 1: ``model.generate``) on the same student (the SFT student of part 1; with
    ``--part speed`` the untrained one or ``--student DIR``), teacher, rows, batch, max_new_tokens, temperature
    and beta, fp32, one thread each; steps/s over the steps after the first two, alternately (potstill, TRL, x2).
+
+3. ``--part steps`` (not in "all"): SFT's 800 steps against 400 SFT steps then 400 on-policy steps (lmbda 1):
+   what a sampled step is worth when time is not counted.
 
 Prints the CPU (model, AVX flags) and the load average before and after each part: the 2-core development
 machine is shared with other jobs, so seconds move between runs. trl is a benchmark/test dependency only
@@ -48,7 +51,7 @@ from potstill.demo.tiny import tiny_llama
 from potstill.teachers.hf import load_causal_lm, load_tokenizer
 from potstill.train.data import encode_chat
 from potstill.train.kd import Distiller
-from potstill.train.on_policy import OnPolicy, end_of_turn
+from potstill.train.on_policy import OnPolicy, end_of_turn, prompts_of
 from potstill.train.packing import pack
 from potstill.train.trainer import FitConfig, fit
 
@@ -231,8 +234,52 @@ def trl_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
     return (steps - 2) / (stamps[-1] - stamps[1])
 
 
+def part_steps(b: Bench, sft_steps: int, out: list[dict[str, Any]]) -> None:
+    """Equal steps instead of equal time: SFT's steps, the second half of them on-policy (lmbda 1)."""
+    print(f"\n## accuracy at equal steps (load average before: {load()})", flush=True)
+    rows = []
+    for name, op in (("SFT", None), ("on-policy, lmbda 1.0", b.on_policy(1.0, sft_steps // 2))):
+        model = b.student()
+        cpu, wall, res = b.train(model, sft_steps, on_policy=op)
+        sampled = sum(h.get("on_policy", 0) for h in res["history"])
+        rows.append({"method": name, "steps": sft_steps, "sampled_steps": sampled, "cpu_s": cpu, "wall_s": wall})
+        rows[-1]["accuracy"] = b.score(model)
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {load()}")
+    out.extend({**r, "part": "steps"} for r in rows)
+
+
+def sampling_seconds(b: Bench, student: Any, bs: int) -> tuple[float, float, int, int]:
+    """One step's sampling alone, the same ``bs`` prompts: potstill's decoder vs ``model.generate`` as TRL's
+    GKDTrainer calls it (do_sample, T 0.9, top_k 0, left-padded prompts). (seconds, seconds, tokens, tokens)."""
+    from transformers import GenerationConfig
+
+    ids = [prompts_of(r)[0] for r in b.plain[:bs]]  # what a sampled step sends: each row before its answer
+    op = b.on_policy(1.0, 0)
+    t0 = time.perf_counter()
+    ours = op.sample(student, ids, list(range(bs)), "student")
+    t1 = time.perf_counter()
+    width = max(len(i) for i in ids)
+    x = torch.tensor([[b.tok.pad_token_id] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    gen = GenerationConfig(
+        max_new_tokens=MAX_NEW, temperature=0.9, do_sample=True, top_k=0, top_p=1.0, pad_token_id=b.tok.pad_token_id
+    )
+    gen.eos_token_id = b.stops
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        seqs = student.generate(input_ids=x, attention_mask=mask, generation_config=gen)
+    t3 = time.perf_counter()
+    theirs = int((seqs[:, width:] != b.tok.pad_token_id).sum())
+    return t1 - t0, t3 - t2, sum(len(c) for c in ours), theirs
+
+
 def part_speed(b: Bench, student: Any, steps: int, bs: int, out: list[dict[str, Any]]) -> None:
     print(f"\n## speed against TRL's GKDTrainer (load average before: {load()})", flush=True)
+    for _ in range(3):
+        s_ours, s_hf, n_ours, n_hf = sampling_seconds(b, student, bs)
+        print(f"sampling {bs} answers: potstill {s_ours:.3f} s ({n_ours} tokens), generate() {s_hf:.3f} s ({n_hf})")
+        out.append({"part": "sampling", "potstill_s": s_ours, "generate_s": s_hf, "batch": bs})
     ours, theirs = [], []
     for _ in range(2):
         ours.append(potstill_steps(b, student, steps, bs))
@@ -251,7 +298,7 @@ def part_speed(b: Bench, student: Any, steps: int, bs: int, out: list[dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "accuracy", "speed"], default="all")
+    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps"], default="all")
     ap.add_argument("--sft-steps", type=int, default=SIZES[True]["steps"], help="SFT's steps: the budget")
     ap.add_argument("--speed-steps", type=int, default=12)
     ap.add_argument("--speed-batch", type=int, default=16)
@@ -266,6 +313,8 @@ def main() -> None:
     student = load_causal_lm(str(a.student), CPU, torch.float32) if a.student else b.student()
     if a.part in ("all", "accuracy"):
         student = part_accuracy(b, a.sft_steps, out)
+    if a.part == "steps":
+        part_steps(b, a.sft_steps, out)
     if a.part in ("all", "speed"):
         part_speed(b, student, a.speed_steps, a.speed_batch, out)
     a.out.parent.mkdir(parents=True, exist_ok=True)
