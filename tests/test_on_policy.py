@@ -86,11 +86,22 @@ def pair(tiny_models: dict) -> dict:
     }
 
 
-def _op(pair: dict, **kw: object) -> OnPolicy:
+def _op(pair: dict, teacher_prompts: dict | None = None, **kw: object) -> OnPolicy:
     stops = stop_token_ids(pair["tok"])
     spec = OnPolicySpec(**{"lmbda": 1.0, "max_new_tokens": 6, "temperature": 1.0, **kw})
     end = end_of_turn(pair["rows"], stops)
-    return OnPolicy(spec, 42, stops, pair["tok"].pad_token_id, 64, end, teacher=pair["teacher"])
+    pad = pair["tok"].pad_token_id
+    return OnPolicy(spec, 42, stops, pad, 64, end, teacher=pair["teacher"], teacher_prompts=teacher_prompts)
+
+
+def _with_system(pair: dict) -> dict:
+    """Each row's prompt -> the same question after the system message "Answer." (how the tiny jobs ask)."""
+    tok, out = pair["tok"], {}
+    for (q, _), row in zip(QUESTIONS, pair["rows"], strict=True):
+        msgs = [{"role": "system", "content": "Answer."}, {"role": "user", "content": q}]
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        out[tuple(prompts_of(row)[0])] = tok(text, add_special_tokens=False)["input_ids"]
+    return out
 
 
 def test_sampled_rows_are_prompt_then_the_students_own_completion(pair: dict) -> None:
@@ -205,3 +216,51 @@ def test_sharded_training_is_refused_at_once(pair: dict) -> None:
 
     with pytest.raises(TrainingError, match="not supported yet: train with DDP"):
         fit(pair["student"], pair["rows"], [], FitConfig(), 0, dist=SimpleNamespace(sharded=True), on_policy=_op(pair))
+
+
+def test_the_teacher_scores_after_the_prompt_it_was_asked_with(pair: dict) -> None:
+    from potstill.train.kd import model_inputs
+    from potstill.train.losses import generalized_jsd
+
+    asked = _with_system(pair)
+    op, rows, student, teacher = _op(pair, asked), pair["rows"], pair["student"], pair["teacher"]
+    (batch,) = op.batches(student, [[0, 4, 9]], rows, step=2, who="student")
+    plain = _op(pair).batches(student, [[0, 4, 9]], rows, step=2, who="student")[0]
+    assert torch.equal(batch["input_ids"], plain["input_ids"])  # the student samples after its own prompt
+    with torch.no_grad():
+        out = student(**model_inputs(batch))
+        got = op.loss_sum(out, batch, {})
+        want = torch.zeros(())
+        for r, i in enumerate([0, 4, 9]):
+            mine, theirs = prompts_of(rows[i])[0], asked[tuple(prompts_of(rows[i])[0])]
+            n = int(batch["real"][r].sum())
+            completion = batch["input_ids"][r, len(mine) : n].tolist()
+            assert batch["t_shift"][r] == len(theirs) - len(mine) > 0
+            t_logits = teacher(input_ids=torch.tensor([theirs + completion])).logits[0, len(theirs) - 1 : -1]
+            s_logits = out.logits[r, len(mine) - 1 : n - 1]
+            ones = torch.ones(len(completion), dtype=torch.bool)
+            want += generalized_jsd(s_logits, t_logits, ones, 0.5, 1.0, "sum")
+        assert float(got) == pytest.approx(float(want), rel=1e-5)
+        assert float(op.loss_sum(out, plain, {})) != pytest.approx(float(got), rel=1e-3)  # the context matters
+    (seq,) = _op(pair, asked, temperature=1e-3).batches(student, [[0, 4, 9]], rows, step=2, who="teacher")
+    greedy = Engine(teacher, stop_token_ids(pair["tok"]), 3, pair["tok"].pad_token_id)
+    firsts = [greedy.generate([Request(asked[tuple(prompts_of(rows[i])[0])], 1)])[0].tokens[0] for i in [0, 4, 9]]
+    starts = [seq["input_ids"][r, len(prompts_of(rows[i])[0])].item() for r, i in enumerate([0, 4, 9])]
+    assert starts == firsts  # seq_kd: the teacher answers after its own prompt
+
+
+def test_the_stage_finds_the_prompt_the_teacher_was_asked_with(tiny_models: dict, tmp_path: Path) -> None:
+    from conftest import job_dict
+
+    from potstill.pipeline import run_pipeline
+    from potstill.train.stage import teacher_prompts
+
+    d = job_dict(tiny_models, tmp_path / "data")
+    spec = validate_spec(d)
+    rd = run_pipeline(spec, tmp_path / "run", only=["generate", "validate"])
+    tok = load_tokenizer(str(tiny_models["student"]))
+    asked = teacher_prompts(spec, rd.data / "train.jsonl", tok)
+    assert len(asked) == len(QUESTIONS)
+    for mine, theirs in asked.items():
+        assert "Answer." not in tok.decode(list(mine)) and "<|system|>\nAnswer." in tok.decode(theirs)
+        assert tok.decode(theirs).endswith(tok.decode(list(mine)).split("<|user|>")[-1])

@@ -19,7 +19,9 @@ are rebuilt before each sampling (LoRA: from a plain copy of the model with the 
 
 Scoring: the teacher's forward pass over each micro-batch (dense logits), or a server's prompt logprobs (top-k,
 fetched once per step). The loss is the generalised JSD (losses.generalized_jsd, TRL's convention) summed over
-the completion tokens; the trainer divides by the step's completion-token count.
+the completion tokens; the trainer divides by the step's completion-token count. The teacher reads each
+completion after the prompt it was asked with at generation (its system message: the student's rows have none),
+not after the student's: the demo's teacher answers 100 % of the test problems with its system prompt, 9 % without.
 """
 
 from __future__ import annotations
@@ -138,12 +140,16 @@ class OnPolicy:
         end_id: int | None = None,
         teacher: Any | None = None,
         scorer: Scorer | None = None,
+        teacher_prompts: dict[tuple[int, ...], list[int]] | None = None,
     ) -> None:
+        """``teacher_prompts``: student prompt -> the prompt the teacher was asked with (its system message), where
+        they differ; the teacher scores, and with seq_kd samples, the completions after its own prompt."""
         if teacher is None and scorer is None:
             raise ValueError("on-policy distillation needs a local teacher or a scorer")
         self.spec, self.seed, self.stop_ids, self.pad_id = spec, seed, stop_ids, pad_id
         self.max_seq_len, self.end_id = max_seq_len, end_id
         self.teacher, self.scorer = teacher, scorer
+        self.teacher_prompts = teacher_prompts or {}
         self._teacher_tail = teacher is not None and _takes_tail(teacher)
         self._sampler: _Sampler | None = None
         self._student: Engine | None = None
@@ -174,21 +180,19 @@ class OnPolicy:
         self._student.runner = None  # the weights changed since the last step: rebuild the fused copies
         return self._student
 
-    def sample(self, model: Any, prompts: list[list[int]], seeds: list[int], who: str) -> list[list[int]]:
-        """Completion tokens (end-of-turn included when the sample stopped) for each prompt."""
+    def sample(
+        self, model: Any, prompts: list[list[int]], seeds: list[int], who: str, caps: list[int] | None = None
+    ) -> list[list[int]]:
+        """Completion tokens (end-of-turn included when the sample stopped) for each prompt, at most ``caps[i]``
+        (default: max_new_tokens, within max_seq_len)."""
         sp = self.spec
         eng = self._engine(model, who)
         eng.slots = max(1, len(prompts))
         fast = eng.fast(max(len(p) for p in prompts) + sp.max_new_tokens + 1) if prompts else True
+        caps = caps or [max(0, min(sp.max_new_tokens, self.max_seq_len - len(p) - 1)) for p in prompts]
         reqs = [
-            Request(
-                p,
-                max(0, min(sp.max_new_tokens, self.max_seq_len - len(p) - 1)),
-                sp.temperature,
-                1.0,
-                s if fast else seeds[0],  # the generic loop batches only requests that share a seed
-            )
-            for p, s in zip(prompts, seeds, strict=True)
+            Request(p, n, sp.temperature, 1.0, s if fast else seeds[0])  # the generic loop batches one seed only
+            for p, s, n in zip(prompts, seeds, caps, strict=True)
         ]
         net = eng.model
         was_training = net.training
@@ -203,7 +207,11 @@ class OnPolicy:
     def batches(
         self, model: Any, groups: list[list[int]], rows: list[EncodedRow], step: int, who: str
     ) -> list[dict[str, torch.Tensor]]:
-        """One collated micro-batch per group of row indices: each example's prompt and a fresh completion."""
+        """One collated micro-batch per group of row indices: each example's prompt and a fresh completion.
+
+        When the teacher was asked with another prompt (``teacher_prompts``), the batch also carries the teacher's
+        rows (``t_input_ids``, ``t_attention_mask``: its prompt, then the same completion) and ``t_shift`` [B], how
+        far each row's completion sits further right in the teacher's row."""
         prompts, seeds, owner = [], [], []
         for g, group in enumerate(groups):
             for i in group:
@@ -211,28 +219,39 @@ class OnPolicy:
                     prompts.append(p)
                     seeds.append(_seed(self.seed, step, i, j))
                     owner.append(g)
-        completions = self.sample(model, prompts, seeds, who)
+        theirs = [self.teacher_prompts.get(tuple(p), p) for p in prompts]
+        caps = [max(0, min(self.spec.max_new_tokens, self.max_seq_len - len(p) - 1)) for p in prompts]
+        completions = self.sample(model, theirs if who == "teacher" else prompts, seeds, who, caps)
         self.sampled_tokens = sum(len(c) for c in completions)
         made: list[list[EncodedRow]] = [[] for _ in groups]
-        for g, p, c in zip(owner, prompts, completions, strict=True):
+        told: list[list[list[int]]] = [[] for _ in groups]
+        for g, p, t, c in zip(owner, prompts, theirs, completions, strict=True):
             ids = (p + c)[: self.max_seq_len]
             made[g].append(EncodedRow(ids, ([IGNORE] * len(p) + c)[: len(ids)]))
+            told[g].append(t + ids[len(p) :])
         out = [collate(m, self.pad_id) for m in made]
-        if self.scorer is not None:
-            for b, m in zip(out, made, strict=True):
-                self._attach_scores(b, m)
+        for b, m, t in zip(out, made, told, strict=True):
+            if any(x != r.input_ids for x, r in zip(t, m, strict=True)):
+                tb = collate([EncodedRow(x, x) for x in t], self.pad_id)
+                b["t_input_ids"], b["t_attention_mask"] = tb["input_ids"], tb["attention_mask"]
+                b["t_shift"] = torch.tensor([len(x) - len(r.input_ids) for x, r in zip(t, m, strict=True)])
+            if self.scorer is not None:
+                self._attach_scores(b, m, t)
         return out
 
-    def _attach_scores(self, batch: dict[str, torch.Tensor], made: list[EncodedRow]) -> None:
-        """The server's top-k for every position of every row, as ``top_ids``/``top_lp`` [B, W, K]."""
+    def _attach_scores(self, batch: dict[str, torch.Tensor], made: list[EncodedRow], told: list[list[int]]) -> None:
+        """The server's top-k for every position of every (student) row, as ``top_ids``/``top_lp`` [B, W, K]:
+        it scores the teacher's rows, whose positions sit ``len(told[r]) - len(row)`` further right."""
         assert self.scorer is not None
-        scored = self.scorer([r.input_ids for r in made])
+        scored = self.scorer(told)
         k = max((len(c) for ids, _ in scored for c in ids), default=1)
         b, w = batch["input_ids"].shape
         top_ids = torch.zeros((b, w, k), dtype=torch.long)
         top_lp = torch.full((b, w, k), float("-inf"))
         for r, (ids, lps) in enumerate(scored):
-            for j, (c, v) in enumerate(zip(ids, lps, strict=True)):
+            shift = len(told[r]) - len(made[r].input_ids)
+            for j in range(max(0, -shift), len(made[r].input_ids)):
+                c, v = ids[j + shift], lps[j + shift]
                 top_ids[r, j, : len(c)] = torch.tensor(c, dtype=torch.long)
                 top_lp[r, j, : len(v)] = torch.tensor(v, dtype=torch.float)
         batch["top_ids"], batch["top_lp"] = top_ids, top_lp
@@ -258,5 +277,13 @@ class OnPolicy:
             return generalized_jsd_topk(logits[:, :-1], ids, lp, mask, sp.beta, sp.temperature, "sum")
         assert self.teacher is not None
         with torch.no_grad():
-            t_logits = self.teacher(**model_inputs(batch), **(tail if self._teacher_tail else {})).logits[:, -keep:]
+            if "t_input_ids" in batch:  # the teacher's own prompt: its logits moved into the student's positions
+                full = self.teacher(input_ids=batch["t_input_ids"], attention_mask=batch["t_attention_mask"]).logits
+                w = batch["labels"].shape[1]
+                at = torch.arange(w - keep, w, device=full.device)[None] + batch["t_shift"].to(full.device)[:, None]
+                at = at.clamp(0, full.shape[1] - 1)  # prompt and padding positions: masked out below
+                t_logits = full.gather(1, at[..., None].expand(-1, -1, full.shape[-1]))
+            else:
+                t_logits = self.teacher(**model_inputs(batch), **(tail if self._teacher_tail else {})).logits
+                t_logits = t_logits[:, -keep:]
         return generalized_jsd(logits[:, :-1], t_logits[:, :-1], mask, sp.beta, sp.temperature, "sum")

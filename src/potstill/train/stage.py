@@ -129,7 +129,12 @@ def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device)
 
 
 def build_on_policy(
-    spec: JobSpec, tok: Any, rows: list[EncodedRow], distiller: Distiller | None, device: torch.device
+    spec: JobSpec,
+    tok: Any,
+    rows: list[EncodedRow],
+    distiller: Distiller | None,
+    device: torch.device,
+    prompts: dict[tuple[int, ...], list[int]] | None = None,
 ) -> OnPolicy | None:
     """The on-policy sampler and scorer: the local teacher (shared with the distiller when it has one), or an
     OpenAI-compatible server's prompt logprobs (probed first: train/remote_scorer.py)."""
@@ -139,18 +144,38 @@ def build_on_policy(
     if hp.on_policy is None:
         return None
     stops = stop_token_ids(tok)
-    kw = {"seed": hp.seed, "stop_ids": stops, "pad_id": tok.pad_token_id or 0, "max_seq_len": hp.max_seq_len}
-    end = end_of_turn(rows, stops)
+    kw: dict[str, Any] = {"seed": hp.seed, "stop_ids": stops, "pad_id": tok.pad_token_id or 0}
+    kw |= {"max_seq_len": hp.max_seq_len, "end_id": end_of_turn(rows, stops), "teacher_prompts": prompts}
     t = spec.teacher
     if t.kind == "hf":
         teacher = distiller.teacher if distiller is not None else None
         if teacher is None:
             check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
             teacher = load_causal_lm(t.model, device, pick_dtype(t.dtype, device)).requires_grad_(False)
-        return OnPolicy(hp.on_policy, end_id=end, teacher=teacher, **kw)
+        return OnPolicy(hp.on_policy, teacher=teacher, **kw)
     from .remote_scorer import RemoteScorer
 
-    return OnPolicy(hp.on_policy, end_id=end, scorer=RemoteScorer.probed(spec, tok), **kw)
+    return OnPolicy(hp.on_policy, scorer=RemoteScorer.probed(spec, tok), **kw)
+
+
+def teacher_prompts(spec: JobSpec, path: Path, tok: Any) -> dict[tuple[int, ...], list[int]]:
+    """Each training row's prompt (its tokens before the final answer) -> the prompt the teacher was asked with
+    (the task's system message first, as at generation), where the two differ."""
+    from ..data.tasks import task_for, teacher_messages
+    from .on_policy import prompts_of
+
+    task, out = task_for(spec), {}
+    for r in read_jsonl(path):
+        enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
+        mine = prompts_of(enc)
+        if not mine:
+            continue
+        asked = teacher_messages(r["messages"][:-1], task)
+        text = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
+        theirs = tok(text, add_special_tokens=False)["input_ids"]
+        if theirs != mine[-1]:
+            out[tuple(mine[-1])] = theirs
+    return out
 
 
 def check_on_policy_teacher(spec: JobSpec) -> None:
@@ -220,7 +245,8 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
     distiller = build_distiller(spec, tok, model, device)
-    on_policy = build_on_policy(spec, tok, train_rows, distiller, device)
+    prompts = teacher_prompts(spec, rd.data / "train.jsonl", tok) if hp.on_policy is not None else None
+    on_policy = build_on_policy(spec, tok, train_rows, distiller, device, prompts)
     cfg = fit_config(spec, device)
     rd.event(
         "train",
