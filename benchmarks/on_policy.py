@@ -3,9 +3,11 @@
     PYTHONPATH=src python benchmarks/on_policy.py                  # both parts, ~25 min on 2 busy cores
     PYTHONPATH=src python benchmarks/on_policy.py --part accuracy  # or --part speed, or --part steps
 
-1. Accuracy (the ``--quick`` demo: its 2,000 worked answers under its system prompt, its untrained
-   242K-parameter student, its recipe: 16 packed rows of 192 tokens a step, lr 3e-3, linear decay; greedy
-   accuracy on its 300 test problems). SFT
+1. Accuracy (the ``--quick`` demo: its 2,000 worked answers, its untrained 242K-parameter student, its recipe:
+   16 packed rows of 192 tokens a step, lr 3e-3, linear decay; greedy accuracy on its 300 test problems). The
+   student's rows have no system message (as the demo's data/train.jsonl); on-policy scoring gives the teacher
+   the demo's system prompt, as the train stage does (the prompt it was asked with at generation). Dense KD
+   runs the teacher on the student's rows as ``kd.source: teacher`` does today. SFT
    trains the demo's 800 steps and sets the budget B. Dense logit KD (the committed teacher's forward pass,
    forward KL, alpha 0.5, T 1) and on-policy distillation (an SFT warm-up of half SFT's steps, then steps that are
    on-policy with probability lmbda 0.5 or 1.0: the student samples its answers at T 0.9, the teacher scores them,
@@ -16,7 +18,8 @@
 2. Speed: potstill's on-policy steps (fit() with lmbda 1: the fast decoder, one teacher forward per micro-batch)
    against TRL's GKDTrainer (lmbda 1: ``model.generate``) on the same student (the SFT student of part 1; with
    ``--part speed`` the untrained one or ``--student DIR``), teacher, rows, batch, max_new_tokens, temperature
-   and beta, fp32, one thread each; steps/s over the steps after the first two, alternately (potstill, TRL, x2).
+   and beta, fp32, one thread each (the teacher reads the student's rows in both: TRL has no other prompt for it);
+   steps/s over the steps after the first two, alternately (potstill, TRL, twice).
 
 3. ``--part steps`` (not in "all"): SFT's 800 steps against 400 SFT steps then 400 on-policy steps (lmbda 1):
    what a sampled step is worth when time is not counted.
@@ -43,15 +46,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from demo_recipe import splits
+from demo_recipe import accuracy, chat, splits
 
 from potstill.config import KDSpec, OnPolicySpec
-from potstill.data.tasks import parse_math, to_number
 from potstill.decode import stop_token_ids
 from potstill.demo import RECIPE, SIZES, STUDENT, TEACHER_DIR
 from potstill.demo.task import SYSTEM
 from potstill.demo.tiny import tiny_llama
-from potstill.teachers.hf import LocalModel, load_causal_lm, load_tokenizer
+from potstill.teachers.hf import load_causal_lm, load_tokenizer
 from potstill.train.data import encode_chat
 from potstill.train.kd import Distiller
 from potstill.train.on_policy import OnPolicy, end_of_turn, prompts_of
@@ -60,22 +62,6 @@ from potstill.train.trainer import FitConfig, fit
 
 MAX_NEW = 96  # the demo's answer budget (45-75 tokens)
 CPU = torch.device("cpu")
-
-
-def chat(r: dict[str, Any], answer: bool = True) -> list[dict[str, str]]:
-    """What the demo's job sends: its system prompt (the committed teacher answers 100 % of the test problems with
-    it and 9 % without: a teacher scoring prompts it never saw would teach nothing), the question, the answer."""
-    m = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": str(r["prompt"])}]
-    return m + ([{"role": "assistant", "content": str(r["answer"])}] if answer else [])
-
-
-def accuracy(model: Any, tok: Any, rows: list[dict[str, Any]]) -> float:
-    outs = LocalModel(model, tok).generate([chat(r, False) for r in rows], max_new_tokens=MAX_NEW, batch_size=256)
-    ok = 0
-    for r, o in zip(rows, outs, strict=True):
-        got = parse_math(o.text)
-        ok += got is not None and to_number(got) == float(r["value"])
-    return ok / len(rows)
 
 
 def machine() -> str:
@@ -108,19 +94,27 @@ class Bench:
     def __init__(self) -> None:
         self.tok = load_tokenizer(str(TEACHER_DIR))
         self.sp = splits(quick=True)
-        rows = [encode_chat(self.tok, chat(r), 176) for r in self.sp["train"]]
+        rows = [encode_chat(self.tok, chat(r), 160) for r in self.sp["train"]]
         self.plain = rows
         self.packed = pack(rows, RECIPE["max_seq_len"])
         self.teacher = load_causal_lm(str(TEACHER_DIR), CPU, torch.float32).requires_grad_(False)
         self.stops = stop_token_ids(self.tok)
+        # the student's rows have no system message (as the demo's data/train.jsonl); the teacher was asked with
+        # the demo's (it answers 100 % of the test problems with it, 9 % without), so it scores after that prompt
+        self.asked = {}
+        for r, row in zip(self.sp["train"], rows, strict=True):
+            msgs = [{"role": "system", "content": SYSTEM}, *chat(r, False)]
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            self.asked[tuple(prompts_of(row)[0])] = self.tok(text, add_special_tokens=False)["input_ids"]
 
     def student(self) -> Any:
         return tiny_llama(self.tok, **STUDENT, max_positions=256, seed=1)
 
-    def on_policy(self, lmbda: float, after: int, seed: int = 42) -> OnPolicy:
+    def on_policy(self, lmbda: float, after: int, asked: bool = True) -> OnPolicy:
         spec = OnPolicySpec(lmbda=lmbda, beta=0.5, temperature=0.9, max_new_tokens=MAX_NEW, after_steps=after)
         end = end_of_turn(self.plain, self.stops)
-        return OnPolicy(spec, seed, self.stops, self.tok.pad_token_id, RECIPE["max_seq_len"], end, teacher=self.teacher)
+        kw = {"teacher": self.teacher, "teacher_prompts": self.asked if asked else None}
+        return OnPolicy(spec, 42, self.stops, self.tok.pad_token_id, RECIPE["max_seq_len"], end, **kw)
 
     def kd(self, model: Any) -> Distiller:
         return Distiller(KDSpec(alpha=0.5, source="teacher"), 1.0, teacher=self.teacher, student=model)
@@ -192,7 +186,7 @@ def potstill_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
     """Steps/s of fit() with lmbda 1 over the steps after the first two (each step's time from the step log)."""
     times: list[float] = []
     model = copy.deepcopy(student)
-    op = b.on_policy(1.0, 0)
+    op = b.on_policy(1.0, 0, asked=False)  # TRL's teacher reads the student's rows: the same work here
     c = FitConfig(learning_rate=1e-4, batch_size=bs, num_epochs=10**6, max_steps=steps, warmup_ratio=0.0)
     c.save_every = 10**9
 
