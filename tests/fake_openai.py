@@ -12,6 +12,10 @@ Answers: "Answer: <8 hex of sha256(last user message, seed)>", so a request alwa
 counts whitespace-separated words. `logprobs`/`top_logprobs` and `n` are honoured. Azure paths
 (/openai/deployments/<name>/chat/completions?api-version=...) are served too, with the key in `api-key`.
 
+Scoring (vLLM's /v1/completions with ``prompt_logprobs``): only with ``score_fn(ids, k)`` set, which returns per
+prompt position None or {token id: logprob} (``decode_fn(id)`` adds each entry's decoded_token); without it
+/v1/completions gets a chat answer (no prompt_logprobs), like a server that cannot score given tokens.
+
 Faults (names for `inject` and `fault_fn`): "429" (with Retry-After: retry_after_s), "500", "503", "400", "401",
 "timeout" (answers after hang_s), "reset" (closes the connection without a response), "malformed" (200 with
 broken JSON), "empty_choices" (200 with "choices": []), "length" (200, finish_reason "length").
@@ -120,7 +124,10 @@ class FakeOpenAI:
         retry_after_s: float = 0.05,
         hang_s: float = 5.0,
         model: str | None = None,
+        score_fn: Callable[[list[int], int], list[dict[int, float] | None]] | None = None,
+        decode_fn: Callable[[int], str] | None = None,
     ) -> None:
+        self.score_fn, self.decode_fn = score_fn, decode_fn
         self.api_key, self.delay_s, self.retry_after_s, self.hang_s, self.model = (
             api_key,
             delay_s,
@@ -237,7 +244,8 @@ class FakeOpenAI:
         self.log.append(entry)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        reply = self._reply(fault, body, given)
+        scoring = self.score_fn is not None and target.endswith("/v1/completions") and "prompt_logprobs" in body
+        reply = self._score(body) if scoring and fault is None else self._reply(fault, body, given)
         entry.status = int(reply.data.split(b" ", 2)[1]) if isinstance(reply, Raw) else reply[0] if reply else None
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
@@ -277,6 +285,25 @@ class FakeOpenAI:
         completion = sum(len(c["message"]["content"].split()) for c in choices)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         out = {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model"), "choices": choices}
+        return 200, {}, json.dumps({**out, "usage": usage}).encode()
+
+    def _score(self, body: dict[str, Any]) -> Reply:
+        assert self.score_fn is not None
+        ids = [int(i) for i in body["prompt"]]
+        entries: list[dict[str, Any] | None] = []
+        for row in self.score_fn(ids, int(body["prompt_logprobs"])):
+            if row is None:
+                entries.append(None)
+                continue
+            ranked = sorted(row.items(), key=lambda kv: -kv[1])
+            entry = {str(i): {"logprob": lp, "rank": n + 1} for n, (i, lp) in enumerate(ranked)}
+            if self.decode_fn is not None:
+                for i, e in entry.items():
+                    e["decoded_token"] = self.decode_fn(int(i))
+            entries.append(entry)
+        choice = {"index": 0, "text": "x", "finish_reason": "length", "prompt_logprobs": entries}
+        usage = {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1}
+        out = {"id": "cmpl-fake", "object": "text_completion", "model": body.get("model"), "choices": [choice]}
         return 200, {}, json.dumps({**out, "usage": usage}).encode()
 
     def _malformed(self, fault: str, body: dict[str, Any]) -> Reply:

@@ -251,3 +251,22 @@ def test_thread_choice_follows_the_measured_step_times(monkeypatch: pytest.Monke
         assert th.choice == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_sampling_follows_temperature_and_nucleus() -> None:
+    """Per-request draws (one uniform each, inverse CDF) give softmax(logits / T), restricted to the nucleus."""
+    from potstill.decode.engine import _Live, pick
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]] * 8)
+    want = torch.softmax(logits[0] / 0.7, -1)
+    counts = torch.zeros(5)
+    for seed in range(500):
+        live = [_Live(i, Request([1], 4, temperature=0.7, seed=seed * 8 + i), torch.device("cpu")) for i in range(8)]
+        for t in pick(logits, live):
+            counts[t] += 1
+    freq = counts / counts.sum()
+    assert torch.allclose(freq, want, atol=0.02)  # 4,000 draws: ~0.008 standard error at most
+    nucleus = [_Live(i, Request([1], 4, temperature=1.0, top_p=0.7, seed=i), torch.device("cpu")) for i in range(64)]
+    assert set(pick(logits[:1].expand(64, -1), nucleus)) == {0, 1}  # p = .64, .24: the smallest prefix reaching .7
+    mixed = [_Live(0, Request([1], 4), torch.device("cpu")), *nucleus[:1]]
+    assert pick(torch.tensor([[0.0, 5.0, 1.0, 0.0, 0.0], [9.0, 0.0, 0.0, 0.0, 0.0]]), mixed)[0] == 1  # greedy row

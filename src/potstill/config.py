@@ -136,6 +136,27 @@ class HiddenSpec(_Strict):
     )
 
 
+class OnPolicySpec(_Strict):
+    """On-policy distillation (GKD, Agarwal et al. 2024): some steps train on completions the student samples
+    itself, scored token by token by the teacher (docs/training.md#on-policy-distillation)."""
+
+    lmbda: float = Field(
+        0.5, ge=0, le=1, description="probability that a step's completions are sampled from the current student"
+    )
+    beta: float = Field(
+        0.5, ge=0, le=1, description="generalised JSD, TRL's convention: 0 = forward KL(teacher‖student), 1 = reverse"
+    )
+    temperature: float = Field(
+        0.9, gt=0, le=2, description="sampling temperature, also the softmax temperature of the divergence"
+    )
+    max_new_tokens: int = Field(128, ge=1, le=131072, description="longest sampled completion")
+    seq_kd: bool = Field(False, description="the other steps train on completions the teacher samples (local teacher)")
+    after_steps: int = Field(0, ge=0, description="optimiser steps of plain training (an SFT warm-up) first")
+    top_logprobs: int = Field(
+        20, ge=1, le=100, description="OpenAI-compatible teachers: prompt logprobs per position (top-k scoring)"
+    )
+
+
 class Hyperparameters(_Strict):
     learning_rate: float = Field(2e-5, gt=0, le=1, description="peak learning rate (1e-5..5e-5 for LLMs)")
     batch_size: int = Field(2, ge=1, le=65536, description="examples per optimiser step and process")
@@ -174,6 +195,9 @@ class Hyperparameters(_Strict):
     )
     kd: KDSpec | None = Field(None, description="logit distillation; omit for plain SFT on the teacher's text")
     hidden: HiddenSpec | None = Field(None, description="intermediate-layer matching (needs a local teacher)")
+    on_policy: OnPolicySpec | None = Field(
+        None, description="on-policy distillation: train on the student's own samples, scored by the teacher"
+    )
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         [], description="also send the curves to these trackers (logs/events.jsonl always has them)"
     )
@@ -287,6 +311,30 @@ class JobSpec(_Strict):
                     problems.append(f"filters[{i}]: {exc}")
         if problems:
             raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _on_policy_teacher(cls, v: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
+        op, teacher = v.on_policy, info.data.get("teacher")
+        if op is None or teacher is None:
+            return v
+        if teacher.kind == "azure_openai":
+            raise ValueError(
+                "on_policy needs a teacher that scores given tokens: a local teacher (teacher.kind: hf) with the "
+                "student's tokenizer, or an OpenAI-compatible server that returns prompt logprobs (vLLM); Azure "
+                "OpenAI returns none — use a local teacher or remove hyperparameters.on_policy"
+            )
+        if teacher.kind != "hf" and op.seq_kd:
+            raise ValueError(
+                "on_policy.seq_kd samples from the teacher in the training loop: it needs a local teacher "
+                "(teacher.kind: hf); set seq_kd: false to score the student's samples through the server"
+            )
+        if v.max_steps is not None and (op.lmbda > 0 or op.seq_kd) and op.after_steps >= v.max_steps:
+            raise ValueError(
+                f"on_policy.after_steps ({op.after_steps}) >= max_steps ({v.max_steps}): no on-policy step would "
+                "run; lower after_steps or raise max_steps"
+            )
         return v
 
     @field_validator("tune")

@@ -121,6 +121,12 @@ def run_pipeline(
     log = log or (lambda msg: None)
     check_inputs(spec)
     rd = RunDir(Path(run_dir))
+    if spec.hyperparameters.on_policy is not None and (only is None or "train" in only):
+        trained = not force and rd.is_done("train", fingerprints(spec)["train"])
+        if not trained:  # a teacher that cannot score is an error before hours of generation
+            from .train.stage import check_on_policy_teacher
+
+            check_on_policy_teacher(spec)
     with run_lock(rd):
         rd.create()
         rd.write_text(rd.job_yaml, yaml.safe_dump(spec.public_dict(), sort_keys=False))

@@ -2,7 +2,7 @@
 
     metric_bars(results)             scores per model with 95 % CI whiskers
     latency_plot(results)            per-answer latency distribution per model (batch 1)
-    loss_plot(history)               training and validation loss per optimiser step
+    loss_plot(history)               training and validation loss per optimiser step (+ on-policy share and KL)
     funnel_plot(filter_report)       teacher outputs -> kept, rejected by each filter
     accuracy_vs_parameters(results)  accuracy (with CI) against parameter count
 
@@ -101,13 +101,28 @@ def latency_plot(results: dict[str, Any]) -> bytes | None:
     return _png(fig)
 
 
-def loss_plot(history: list[dict[str, Any]]) -> bytes | None:
-    train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None]
-    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    if not train and not val:
+def on_policy_series(history: list[dict[str, Any]]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]] | None:
+    """On-policy distillation's curves: (step, share of the steps so far whose completions the student sampled)
+    and (step, the teacher-scored divergence on that step's sampled completions); None without on-policy."""
+    flagged = [h for h in history if "on_policy" in h]
+    if not flagged:
         return None
-    fig = _figure()
-    ax = fig.subplots()
+    share, on = [], 0
+    for n, h in enumerate(flagged, start=1):
+        on += int(h["on_policy"])
+        share.append((int(h["step"]), on / n))
+    return share, [(int(h["step"]), float(h["gkd"])) for h in flagged if h.get("gkd") is not None]
+
+
+def loss_plot(history: list[dict[str, Any]]) -> bytes | None:
+    op = on_policy_series(history)
+    # with on-policy steps the training loss line keeps the teacher-data steps; sampled steps have the panel below
+    train = [(h["step"], h["loss"]) for h in history if h.get("loss") is not None and h.get("gkd") is None]
+    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    if not train and not val and not op:
+        return None
+    fig = _figure(7.5, 5.8 if op else 3.6)
+    ax, low = fig.subplots(2, 1, sharex=True) if op else (fig.subplots(), None)
     if train:
         ax.plot(*zip(*train, strict=True), label="training loss", color=COLOURS[0])
     if val:
@@ -117,6 +132,19 @@ def loss_plot(history: list[dict[str, Any]]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Training and validation loss")
+    if op is not None and low is not None:
+        share, gkd = op
+        lines = low.plot(*zip(*share, strict=True), color=COLOURS[2], label="on-policy share of steps so far")
+        low.set_ylim(0, 1.05)
+        low.set_ylabel("share of steps")
+        low.set_xlabel("optimiser step")
+        low.grid(alpha=0.3)
+        if gkd:
+            kl = low.twinx()
+            lines += kl.plot(*zip(*gkd, strict=True), ".", color=COLOURS[3], label="teacher-scored divergence")
+            kl.set_ylabel("generalised JSD per token")
+        low.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="upper right")
+        low.set_title("On-policy distillation: student-sampled steps and the teacher's score of them")
     return _png(fig)
 
 

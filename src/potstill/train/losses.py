@@ -3,6 +3,8 @@
     kd_dense(student_logits, teacher_logits, mask, kind="forward_kl", temperature=2.0)   # teacher forward pass
     kd_topk(student_logits, top_ids, top_logprobs, mask, kind="reverse_kl")              # sparse top-k logprobs
     hidden_loss(student_h, teacher_h, mask, kind="mse")                                  # after a projection
+    generalized_jsd(student_logits, teacher_logits, mask, beta=0.5, temperature=0.9)     # on-policy (GKD)
+    generalized_jsd_topk(student_logits, top_ids, top_logprobs, mask, beta=0.5)          # ... against top-k
 
 Shapes: ``student_logits`` [..., V_s]; ``teacher_logits`` [..., V_t]; ``top_ids`` (long) and ``top_logprobs``
 [..., K]; ``mask`` [...] (bool, True = the position counts). "..." is usually [batch, seq].
@@ -16,6 +18,10 @@ Each is multiplied by T² so that gradients keep their size when T changes (Hint
 Dense: vocabularies padded to different sizes (e.g. 151,936 vs 152,064 rows) are compared on their shared range
 [0, min(V_s, V_t)); both distributions are renormalised there. Top-k: both distributions are restricted to the
 teacher's k tokens and renormalised there (padding slots carry logprob −inf); with k = V this is the dense loss.
+
+The generalised JSD of on-policy distillation follows TRL's ``GKDTrainer.generalized_jsd_loss`` exactly: beta 0
+is KL(p ‖ q) (forward), beta 1 is KL(q ‖ p) (reverse), in between β·KL(p ‖ m) + (1 − β)·KL(q ‖ m) with
+m = β·p + (1 − β)·q; the temperature divides both logits and there is no T² factor.
 
 ``reduction="mean"`` averages over the positions where ``mask`` is True, ``"sum"`` adds them up (the trainer
 divides by the token count of the whole optimiser step). Both return 0 (with a gradient path) when every
@@ -84,6 +90,62 @@ def kd_dense(
     return _reduce(per_pos, mask, reduction)
 
 
+def _gkd(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    if not 0 <= beta <= 1:
+        raise ValueError(f"the generalised JSD needs 0 <= beta <= 1 (got {beta})")
+    if beta == 0:
+        return divergence(s_logp, t_logp, "forward_kl")
+    if beta == 1:
+        return divergence(s_logp, t_logp, "reverse_kl")
+    return divergence(s_logp, t_logp, "jsd", beta)
+
+
+def generalized_jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """On-policy (GKD) loss against a dense teacher: TRL's generalised JSD (see the module docstring)."""
+    v = min(student_logits.size(-1), teacher_logits.size(-1))
+    s_logp = F.log_softmax(student_logits[..., :v].float() / temperature, dim=-1)
+    t_logp = F.log_softmax(teacher_logits[..., :v].float().to(s_logp.device) / temperature, dim=-1)
+    return _reduce(_gkd(s_logp, t_logp, beta), mask, reduction)
+
+
+def _topk_logps(
+    student_logits: torch.Tensor, top_ids: torch.Tensor, top_logprobs: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both distributions restricted to the teacher's candidates and renormalised there: (student, teacher)
+    log-probabilities [..., K] and [...] whether a position has any candidate."""
+    logits = student_logits.float()
+    valid = torch.isfinite(top_logprobs) & (top_ids >= 0) & (top_ids < logits.size(-1))
+    ids = torch.where(valid, top_ids, torch.zeros_like(top_ids)).to(logits.device)
+    valid = valid.to(logits.device)
+    # unused slots get a large finite negative (probability exactly 0 in fp32, no inf in the graph)
+    fill = torch.tensor(_FILL, device=logits.device)
+    s_sel = torch.where(valid, logits.gather(-1, ids) / temperature, fill)
+    t_logprobs = torch.where(valid, top_logprobs.to(logits.device).float(), torch.zeros((), device=logits.device))
+    t_sel = torch.where(valid, t_logprobs / temperature, fill)
+    return F.log_softmax(s_sel, -1), F.log_softmax(t_sel, -1), valid.any(-1)
+
+
+def generalized_jsd_topk(
+    student_logits: torch.Tensor,
+    top_ids: torch.Tensor,
+    top_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """On-policy (GKD) loss against the teacher's top-k logprobs (a server's prompt logprobs), on their support."""
+    s_logp, t_logp, has = _topk_logps(student_logits, top_ids, top_logprobs, temperature)
+    return _reduce(_gkd(s_logp, t_logp, beta), mask.to(has.device, torch.bool) & has, reduction)
+
+
 def kd_topk(
     student_logits: torch.Tensor,
     top_ids: torch.Tensor,
@@ -95,18 +157,9 @@ def kd_topk(
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """KD loss against the teacher's top-k logprobs (−inf marks unused slots); see the module docstring."""
-    logits = student_logits.float()
-    valid = torch.isfinite(top_logprobs) & (top_ids >= 0) & (top_ids < logits.size(-1))
-    ids = torch.where(valid, top_ids, torch.zeros_like(top_ids)).to(logits.device)
-    valid = valid.to(logits.device)
-    # unused slots get a large finite negative (probability exactly 0 in fp32, no inf in the graph)
-    fill = torch.tensor(_FILL, device=logits.device)
-    s_sel = torch.where(valid, logits.gather(-1, ids) / temperature, fill)
-    t_logprobs = torch.where(valid, top_logprobs.to(logits.device).float(), torch.zeros((), device=logits.device))
-    t_sel = torch.where(valid, t_logprobs / temperature, fill)
-    mask = mask.to(logits.device, torch.bool) & valid.any(-1)
-    per_pos = divergence(F.log_softmax(s_sel, -1), F.log_softmax(t_sel, -1), kind, beta) * temperature**2
-    return _reduce(per_pos, mask, reduction)
+    s_logp, t_logp, has = _topk_logps(student_logits, top_ids, top_logprobs, temperature)
+    per_pos = divergence(s_logp, t_logp, kind, beta) * temperature**2
+    return _reduce(per_pos, mask.to(has.device, torch.bool) & has, reduction)
 
 
 def hidden_loss(

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from ..config import JobSpec, LoraSpec
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..run_dir import RunDir, atomic_replace_dir, atomic_write_text, read_jsonl
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype, quiet_transformers
 from .data import EncodedRow, encode_chat
 from .dist import Dist
 from .kd import Distiller, attach_logprobs, check_tokenizers
+from .on_policy import OnPolicy, end_of_turn
 from .packing import pack
 from .tracking import Trackers
 from .trainer import FitConfig, OnValidation, fit
@@ -167,6 +168,73 @@ def _hook(spec: JobSpec, rd: RunDir) -> OnValidation | None:
     return hook
 
 
+def build_on_policy(
+    spec: JobSpec,
+    tok: Any,
+    rows: list[EncodedRow],
+    distiller: Distiller | None,
+    device: torch.device,
+    prompts: dict[tuple[int, ...], list[int]] | None = None,
+) -> OnPolicy | None:
+    """The on-policy sampler and scorer: the local teacher (shared with the distiller when it has one), or an
+    OpenAI-compatible server's prompt logprobs (probed first: train/remote_scorer.py)."""
+    from ..decode import stop_token_ids
+
+    hp = spec.hyperparameters
+    if hp.on_policy is None:
+        return None
+    stops = stop_token_ids(tok)
+    kw: dict[str, Any] = {"seed": hp.seed, "stop_ids": stops, "pad_id": tok.pad_token_id or 0}
+    kw |= {"max_seq_len": hp.max_seq_len, "end_id": end_of_turn(rows, stops), "teacher_prompts": prompts}
+    t = spec.teacher
+    if t.kind == "hf":
+        teacher = distiller.teacher if distiller is not None else None
+        if teacher is None:
+            check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+            teacher = load_causal_lm(t.model, device, pick_dtype(t.dtype, device)).requires_grad_(False)
+        return OnPolicy(hp.on_policy, teacher=teacher, **kw)
+    from .remote_scorer import RemoteScorer
+
+    return OnPolicy(hp.on_policy, scorer=RemoteScorer.probed(spec, tok), **kw)
+
+
+def teacher_prompts(spec: JobSpec, path: Path, tok: Any) -> dict[tuple[int, ...], list[int]]:
+    """Each training row's prompt (its tokens before the final answer) -> the prompt the teacher was asked with
+    (the task's system message first, as at generation), where the two differ."""
+    from ..data.tasks import task_for, teacher_messages
+    from .on_policy import prompts_of
+
+    task, out = task_for(spec), {}
+    for r in read_jsonl(path):
+        enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
+        mine = prompts_of(enc)
+        if not mine:
+            continue
+        asked = teacher_messages(r["messages"][:-1], task)
+        text = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
+        theirs = tok(text, add_special_tokens=False)["input_ids"]
+        if theirs != mine[-1]:
+            out[tuple(mine[-1])] = theirs
+    return out
+
+
+def check_on_policy_teacher(spec: JobSpec) -> None:
+    """ConfigError unless the teacher can score the student's tokens: a local teacher with the student's
+    tokenizer, or a server whose probe request comes back with prompt logprobs (run before any stage)."""
+    st, t = spec.student, spec.teacher
+    tok = load_tokenizer(st.tokenizer or st.model)
+    if t.kind == "hf":
+        try:
+            check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+        except TrainingError as exc:
+            why = f"the teacher cannot score the student's tokens: {exc}"
+            raise ConfigError(f"hyperparameters.on_policy: {why}") from None
+        return
+    from .remote_scorer import RemoteScorer
+
+    RemoteScorer.probed(spec, tok).client.close()
+
+
 def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
     """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
     rows: list[EncodedRow] = []
@@ -219,6 +287,8 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
     distiller = build_distiller(spec, tok, model, device)
+    prompts = teacher_prompts(spec, rd.data / "train.jsonl", tok) if hp.on_policy is not None else None
+    on_policy = build_on_policy(spec, tok, train_rows, distiller, device, prompts)
     cfg = fit_config(spec, device)
     rd.event(
         "train",
@@ -234,6 +304,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         precision=cfg.mixed_precision,
         kd=hp.kd.model_dump() if hp.kd else None,
         logprob_rows=counts["aligned"] if use_lp else None,
+        on_policy=hp.on_policy.model_dump() if hp.on_policy else None,
     )
     trackers = Trackers(hp.report_to, rd.logs, spec.name, hp.model_dump()) if rd.writer and hp.report_to else None
 
@@ -256,6 +327,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
             dist,
             ckpt_key=key,
             on_validation=_hook(spec, rd),
+            on_policy=on_policy,
         )
     finally:
         if trackers is not None:

@@ -49,6 +49,7 @@ from .checkpoint import (
 from .data import IGNORE, Collator, EncodedRow, collate
 from .dist import Dist
 from .kd import Distiller, model_inputs
+from .on_policy import OnPolicy
 
 Log = Callable[..., None]
 OnValidation = Callable[[int, int, float, Any], "float | None"]
@@ -237,6 +238,7 @@ def fit(
     dist: Dist | None = None,
     ckpt_key: str = "",
     on_validation: OnValidation | None = None,
+    on_policy: OnPolicy | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` in place (the best weights when there is validation data).
 
@@ -250,6 +252,8 @@ def fit(
         raise TrainingError("max_steps: auto stops when the validation metric stops improving; no validation rows")
     log = log or (lambda *a, **k: None)
     dist = dist or Dist()
+    if on_policy is not None and dist.sharded:
+        raise TrainingError("on-policy sampling under DeepSpeed / FSDP is not supported yet: train with DDP")
     writer = dist.rank == 0
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -298,6 +302,7 @@ def fit(
     h_weight = distiller.hidden.weight if distiller is not None and distiller.hidden is not None else 0.0
     want_hidden = distiller is not None and distiller.needs_hidden_states
     tail_ok = distiller is None and keeps_logits_tail(model)  # KD and hidden-state losses need every position
+    student_tail = on_policy is not None and keeps_logits_tail(model)
     best_mem: dict[str, torch.Tensor] | None = None
     t0 = clock()
     train_loss = float("nan")
@@ -307,25 +312,39 @@ def fit(
         batches = _batches(len(rows), cfg, epoch, dist.world, dist.rank, lengths)
         while pos < len(batches) and step < total and not stopped:
             group = batches[pos : pos + cfg.grad_accum_steps]
-            micro = [batch_of(b or batches[0][:1]) for b in group]
+            mode = on_policy.mode(step) if on_policy is not None else None  # sampled completions (on_policy.py)
+            if mode is None:
+                micro = [batch_of(b or batches[0][:1]) for b in group]
+            else:
+                assert on_policy is not None
+                micro = on_policy.batches(dist.unwrap(model), [b or batches[0][:1] for b in group], rows, step, mode)
+            a, hw = (alpha, h_weight) if mode is None else (1.0, 0.0)  # sampled steps: the divergence alone
             weights = [1.0 if b else 0.0 for b in group]  # an empty share (uneven last batch) keeps DDP in step
             n = torch.zeros(3)
             for w, b in zip(weights, micro, strict=True):
+                if mode is not None:
+                    assert on_policy is not None
+                    n += w * torch.tensor([0.0, float(on_policy.count(b)), 0.0])
+                    continue
                 c = distiller.counts(b) if distiller is not None else {}
                 n += w * torch.tensor([float((b["labels"][:, 1:] != IGNORE).sum()), c.get("kd", 0), c.get("hidden", 0)])
             n0, n1, n2 = dist.all_sum(n).clamp(min=1).tolist()  # counted on the host: no device sync
             parts = torch.zeros(3, device=dev)
             for i, (w, b) in enumerate(zip(weights, micro, strict=True)):
-                tail = _tail(b["labels"]) if tail_ok else {}
+                tail = _tail(b["labels"]) if tail_ok or (mode is not None and student_tail) else {}
                 b = _to(b, dev)
                 with dist.no_sync(model, skip=i < len(micro) - 1), _autocast(dev, cfg.mixed_precision):
-                    out = model(**model_inputs(b), output_hidden_states=want_hidden, **tail)
-                    ce = _ce_sum(out.logits, b["labels"])
-                    extra_losses = distiller.step_losses(out, b) if distiller is not None else {}
+                    out = model(**model_inputs(b), output_hidden_states=want_hidden and mode is None, **tail)
+                    if mode is None:
+                        ce = _ce_sum(out.logits, b["labels"])
+                        extra_losses = distiller.step_losses(out, b) if distiller is not None else {}
+                    else:
+                        assert on_policy is not None
+                        ce, extra_losses = out.logits.new_zeros(()), {"kd": on_policy.loss_sum(out, b, tail)}
                 zero = ce.new_zeros(())
                 kd = extra_losses.get("kd", zero)
                 hid = extra_losses.get("hidden", zero)
-                loss = (1 - alpha) * ce / n0 + alpha * kd / n1 + h_weight * hid / n2
+                loss = (1 - a) * ce / n0 + a * kd / n1 + hw * hid / n2
                 loss = loss * (w * dist.world)  # DDP averages gradients over processes
                 dist.backward(scaler.scale(loss) if scaler is not None else loss)
                 parts += w * torch.stack([ce.detach() / n0, kd.detach() / n1, hid.detach() / n2])
@@ -343,16 +362,21 @@ def fit(
             step += 1
             pos += len(group)
             ce_v, kd_v, hid_v = dist.all_sum(parts).tolist()
-            train_loss = (1 - alpha) * ce_v + alpha * kd_v + h_weight * hid_v
+            train_loss = (1 - a) * ce_v + a * kd_v + hw * hid_v
             rec: dict[str, Any] = {
                 "step": step,
                 "epoch": epoch,
                 "loss": round(train_loss, 5),
                 "lr": sched.get_last_lr()[0],
             }
-            if distiller is not None:
+            if distiller is not None and mode is None:
                 rec.update(ce=round(ce_v, 5), **({"kd": round(kd_v, 5)} if distiller.kd else {}))
                 rec.update({"hidden": round(hid_v, 5)} if distiller.hidden else {})
+            if on_policy is not None:  # the share of student-sampled steps and the teacher-scored divergence
+                rec["on_policy"] = int(mode == "student")
+                if mode is not None:
+                    rec.update(gkd=round(kd_v, 5), completion_tokens=int(n1))
+                    rec.update({"seq_kd": 1} if mode == "teacher" else {})
             end_of_epoch = pos >= len(batches)
             out_of_time = cfg.max_seconds is not None and _agreed(dist, spent + clock() - t0 >= cfg.max_seconds)
             due = end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total or out_of_time

@@ -1,0 +1,340 @@
+"""On-policy distillation on the demo's task, measured: accuracy at equal wall-clock, and speed against TRL's GKD.
+
+    PYTHONPATH=src python benchmarks/on_policy.py                  # both parts, ~25 min on 2 busy cores
+    PYTHONPATH=src python benchmarks/on_policy.py --part accuracy  # or --part speed, or --part steps
+
+1. Accuracy (the ``--quick`` demo: its 2,000 worked answers, its untrained 242K-parameter student, its recipe:
+   16 packed rows of 192 tokens a step, lr 3e-3, linear decay; greedy accuracy on its 300 test problems). The
+   student's rows have no system message (as the demo's data/train.jsonl); on-policy scoring gives the teacher
+   the demo's system prompt, as the train stage does (the prompt it was asked with at generation). Dense KD
+   runs the teacher on the student's rows as ``kd.source: teacher`` does today. SFT
+   trains the demo's 800 steps and sets the budget B. Dense logit KD (the committed teacher's forward pass,
+   forward KL, alpha 0.5, T 1) and on-policy distillation (an SFT warm-up of half SFT's steps, then steps that are
+   on-policy with probability lmbda 0.5 or 1.0: the student samples its answers at T 0.9, the teacher scores them,
+   generalised JSD with beta 0.5) get as many steps as fit in B: their step times are measured first (dense KD on
+   the untrained student; on-policy steps on the SFT student, whose answers have their final length). B is
+   counted in CPU seconds of the training process (one thread: its wall-clock on a machine of its own), because
+   other jobs on the shared machine stretch wall-clock unevenly between runs; both are printed for every row.
+2. Speed: potstill's on-policy steps (fit() with lmbda 1: the fast decoder, one teacher forward per micro-batch)
+   against TRL's GKDTrainer (lmbda 1: ``model.generate``) on the same student (the SFT student of part 1; with
+   ``--part speed`` the untrained one or ``--student DIR``), teacher, rows, batch, max_new_tokens, temperature
+   and beta, fp32, one thread each (the teacher reads the student's rows in both: TRL has no other prompt for it);
+   steps/s over the steps after the first two, alternately (potstill, TRL, twice).
+
+3. ``--part steps`` (not in "all"): SFT's 800 steps against 400 SFT steps then 400 on-policy steps (lmbda 1):
+   what a sampled step is worth when time is not counted.
+
+Prints the CPU (model, AVX flags) and the load average before and after each part: the 2-core development
+machine is shared with other jobs, so seconds move between runs. trl is a benchmark/test dependency only
+(``pip install -c constraints.txt "trl>=0.20"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from demo_recipe import accuracy, chat, splits
+
+from potstill.config import KDSpec, OnPolicySpec
+from potstill.decode import stop_token_ids
+from potstill.demo import RECIPE, SIZES, STUDENT, TEACHER_DIR
+from potstill.demo.task import SYSTEM
+from potstill.demo.tiny import tiny_llama
+from potstill.teachers.hf import load_causal_lm, load_tokenizer
+from potstill.train.data import encode_chat
+from potstill.train.kd import Distiller
+from potstill.train.on_policy import OnPolicy, end_of_turn, prompts_of
+from potstill.train.packing import pack
+from potstill.train.trainer import FitConfig, fit
+
+MAX_NEW = 96  # the demo's answer budget (45-75 tokens)
+CPU = torch.device("cpu")
+
+
+def machine() -> str:
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("Model name")), "?")
+    flags = next((ln for ln in info.splitlines() if ln.startswith("Flags")), "")
+    avx = sorted({f for f in flags.split() if f.startswith("avx")})
+    return f"{model}; {' '.join(avx) or 'no avx'}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cfg(steps: int, seed: int = 42) -> FitConfig:
+    return FitConfig(
+        learning_rate=RECIPE["learning_rate"],
+        batch_size=RECIPE["batch_size"],
+        num_epochs=10**6,
+        max_steps=steps,
+        warmup_ratio=RECIPE["warmup_ratio"],
+        lr_schedule=RECIPE["lr_schedule"],
+        weight_decay=RECIPE["weight_decay"],
+        save_every=10**9,
+        seed=seed,
+    )
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.tok = load_tokenizer(str(TEACHER_DIR))
+        self.sp = splits(quick=True)
+        rows = [encode_chat(self.tok, chat(r), 160) for r in self.sp["train"]]
+        self.plain = rows
+        self.packed = pack(rows, RECIPE["max_seq_len"])
+        self.teacher = load_causal_lm(str(TEACHER_DIR), CPU, torch.float32).requires_grad_(False)
+        self.stops = stop_token_ids(self.tok)
+        # the student's rows have no system message (as the demo's data/train.jsonl); the teacher was asked with
+        # the demo's (it answers 100 % of the test problems with it, 9 % without), so it scores after that prompt
+        self.asked = {}
+        for r, row in zip(self.sp["train"], rows, strict=True):
+            msgs = [{"role": "system", "content": SYSTEM}, *chat(r, False)]
+            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            self.asked[tuple(prompts_of(row)[0])] = self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def student(self) -> Any:
+        return tiny_llama(self.tok, **STUDENT, max_positions=256, seed=1)
+
+    def on_policy(self, lmbda: float, after: int, asked: bool = True) -> OnPolicy:
+        spec = OnPolicySpec(lmbda=lmbda, beta=0.5, temperature=0.9, max_new_tokens=MAX_NEW, after_steps=after)
+        end = end_of_turn(self.plain, self.stops)
+        kw = {"teacher": self.teacher, "teacher_prompts": self.asked if asked else None}
+        return OnPolicy(spec, 42, self.stops, self.tok.pad_token_id, RECIPE["max_seq_len"], end, **kw)
+
+    def kd(self, model: Any) -> Distiller:
+        return Distiller(KDSpec(alpha=0.5, source="teacher"), 1.0, teacher=self.teacher, student=model)
+
+    def train(self, model: Any, steps: int, **kw: Any) -> tuple[float, float, dict[str, Any]]:
+        """(CPU seconds, wall seconds, fit's result)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = fit(model, self.packed, [], cfg(steps), self.tok.pad_token_id, **kw)
+        return time.process_time() - c0, time.perf_counter() - t0, res
+
+    def score(self, model: Any) -> float:
+        return accuracy(model, self.tok, self.sp["test"])
+
+
+def part_accuracy(b: Bench, sft_steps: int, out: list[dict[str, Any]]) -> Any:
+    print(f"\n## accuracy at equal wall-clock (load average before: {load()})", flush=True)
+    sft = b.student()
+    budget, wall, _ = b.train(sft, sft_steps)
+    t_sft = budget / sft_steps
+    rows = [{"method": "SFT", "steps": sft_steps, "sampled_steps": 0, "cpu_s": budget, "wall_s": wall}]
+    rows[-1]["accuracy"] = b.score(sft)
+    print(json.dumps(rows[-1]), flush=True)
+
+    # step times: dense KD does not depend on the student; on-policy steps measured on the SFT student
+    probe = 12
+    kd_probe = b.student()
+    t_kd = b.train(kd_probe, probe, distiller=b.kd(kd_probe))[0] / probe
+    t_op = b.train(copy.deepcopy(sft), probe, on_policy=b.on_policy(1.0, 0))[0] / probe
+    print(f"step CPU seconds: SFT {t_sft:.3f}, dense KD {t_kd:.3f}, on-policy {t_op:.3f} (load {load()})", flush=True)
+
+    kd_model = b.student()
+    n_kd = int(budget / t_kd)
+    cpu, wall, _ = b.train(kd_model, n_kd, distiller=b.kd(kd_model))
+    rows.append({"method": "dense logit KD", "steps": n_kd, "sampled_steps": 0, "cpu_s": cpu, "wall_s": wall})
+    rows[-1]["accuracy"] = b.score(kd_model)
+    print(json.dumps(rows[-1]), flush=True)
+
+    warm = sft_steps // 2
+    for lmbda in (0.5, 1.0):
+        n = warm + int((budget - warm * t_sft) / (lmbda * t_op + (1 - lmbda) * t_sft))
+        model = b.student()
+        op = b.on_policy(lmbda, warm)
+        cpu, wall, res = b.train(model, n, on_policy=op)
+        sampled = sum(h.get("on_policy", 0) for h in res["history"])
+        rows.append({"method": f"on-policy, lmbda {lmbda}", "steps": n, "sampled_steps": sampled, "cpu_s": cpu})
+        rows[-1]["wall_s"] = wall
+        rows[-1]["accuracy"] = b.score(model)
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {load()}\n")
+    print("| method | steps (of them student-sampled) | training CPU s | wall s | test accuracy | vs SFT |")
+    print("|---|---|---|---|---|---|")
+    base = rows[0]["accuracy"]
+    for r in rows:
+        gain = 100 * (r["accuracy"] - base)
+        print(
+            f"| {r['method']} | {r['steps']} ({r['sampled_steps']}) | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+            f"{100 * r['accuracy']:.1f} % | {gain:+.1f} points |"
+        )
+    best = max(r["accuracy"] for r in rows[2:])
+    verdict = "met" if 100 * (best - base) >= 10 else "NOT met"
+    print(
+        f"\ntarget on-policy >= SFT + 10 points: {verdict} (best on-policy {100 * best:.1f} %, SFT {100 * base:.1f} %)"
+    )
+    out.extend(rows)
+    return sft
+
+
+def potstill_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
+    """Steps/s of fit() with lmbda 1 over the steps after the first two (each step's time from the step log)."""
+    times: list[float] = []
+    model = copy.deepcopy(student)
+    op = b.on_policy(1.0, 0, asked=False)  # TRL's teacher reads the student's rows: the same work here
+    c = FitConfig(learning_rate=1e-4, batch_size=bs, num_epochs=10**6, max_steps=steps, warmup_ratio=0.0)
+    c.save_every = 10**9
+
+    def log(event: str, **kw: Any) -> None:
+        if event == "step":
+            times.append(kw["elapsed_s"])
+
+    fit(model, b.plain, [], c, b.tok.pad_token_id, log=log, on_policy=op)
+    return (steps - 2) / (times[-1] - times[1])
+
+
+def trl_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
+    """Steps/s of TRL's GKDTrainer (lmbda 1) over the steps after the first two."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            stamps.append(time.perf_counter())
+
+    data = Dataset.from_list([{"messages": chat(r)} for r in b.sp["train"]])
+    model = copy.deepcopy(student)
+    model.generation_config.eos_token_id = b.stops
+    model.generation_config.pad_token_id = b.tok.pad_token_id
+    with tempfile.TemporaryDirectory() as outdir:
+        args = GKDConfig(
+            output_dir=outdir,
+            per_device_train_batch_size=bs,
+            max_steps=steps,
+            learning_rate=1e-4,
+            lmbda=1.0,
+            beta=0.5,
+            temperature=0.9,
+            max_new_tokens=MAX_NEW,
+            max_length=256,
+            logging_steps=10**6,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            gradient_checkpointing=False,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            seed=42,
+        )
+        trainer = GKDTrainer(
+            model=model,
+            teacher_model=b.teacher,
+            args=args,
+            train_dataset=data,
+            processing_class=b.tok,
+            callbacks=[Clock()],
+        )
+        trainer.train()
+    return (steps - 2) / (stamps[-1] - stamps[1])
+
+
+def part_steps(b: Bench, sft_steps: int, out: list[dict[str, Any]]) -> None:
+    """Equal steps instead of equal time: SFT's steps, the second half of them on-policy (lmbda 1)."""
+    print(f"\n## accuracy at equal steps (load average before: {load()})", flush=True)
+    rows = []
+    for name, op in (("SFT", None), ("on-policy, lmbda 1.0", b.on_policy(1.0, sft_steps // 2))):
+        model = b.student()
+        cpu, wall, res = b.train(model, sft_steps, on_policy=op)
+        sampled = sum(h.get("on_policy", 0) for h in res["history"])
+        rows.append({"method": name, "steps": sft_steps, "sampled_steps": sampled, "cpu_s": cpu, "wall_s": wall})
+        rows[-1]["accuracy"] = b.score(model)
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {load()}")
+    out.extend({**r, "part": "steps"} for r in rows)
+
+
+def sampling_seconds(b: Bench, student: Any, bs: int) -> tuple[float, float, int, int]:
+    """One step's sampling alone, the same ``bs`` prompts: potstill's decoder vs ``model.generate`` as TRL's
+    GKDTrainer calls it (do_sample, T 0.9, top_k 0, left-padded prompts). (seconds, seconds, tokens, tokens)."""
+    from transformers import GenerationConfig
+
+    ids = [prompts_of(r)[0] for r in b.plain[:bs]]  # what a sampled step sends: each row before its answer
+    op = b.on_policy(1.0, 0)
+    t0 = time.perf_counter()
+    ours = op.sample(student, ids, list(range(bs)), "student")
+    t1 = time.perf_counter()
+    width = max(len(i) for i in ids)
+    x = torch.tensor([[b.tok.pad_token_id] * (width - len(i)) + i for i in ids])
+    mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+    gen = GenerationConfig(
+        max_new_tokens=MAX_NEW, temperature=0.9, do_sample=True, top_k=0, top_p=1.0, pad_token_id=b.tok.pad_token_id
+    )
+    gen.eos_token_id = b.stops
+    t2 = time.perf_counter()
+    with torch.no_grad():
+        seqs = student.generate(input_ids=x, attention_mask=mask, generation_config=gen)
+    t3 = time.perf_counter()
+    theirs = int((seqs[:, width:] != b.tok.pad_token_id).sum())
+    return t1 - t0, t3 - t2, sum(len(c) for c in ours), theirs
+
+
+def part_speed(b: Bench, student: Any, steps: int, bs: int, out: list[dict[str, Any]]) -> None:
+    print(f"\n## speed against TRL's GKDTrainer (load average before: {load()})", flush=True)
+    for _ in range(3):
+        s_ours, s_hf, n_ours, n_hf = sampling_seconds(b, student, bs)
+        print(f"sampling {bs} answers: potstill {s_ours:.3f} s ({n_ours} tokens), generate() {s_hf:.3f} s ({n_hf})")
+        out.append({"part": "sampling", "potstill_s": s_ours, "generate_s": s_hf, "batch": bs})
+    ours, theirs = [], []
+    for _ in range(2):
+        ours.append(potstill_steps(b, student, steps, bs))
+        print(f"potstill {ours[-1]:.3f} steps/s (load {load()})", flush=True)
+        theirs.append(trl_steps(b, student, steps, bs))
+        print(f"TRL GKDTrainer {theirs[-1]:.3f} steps/s (load {load()})", flush=True)
+    ratio = max(ours) / max(theirs)
+    print(f"\nload average after: {load()}")
+    print("| trainer | steps/s (two runs) | best |")
+    print("|---|---|---|")
+    print(f"| potstill fit(), on_policy lmbda 1 | {ours[0]:.3f}, {ours[1]:.3f} | {max(ours):.3f} |")
+    print(f"| TRL GKDTrainer, lmbda 1 | {theirs[0]:.3f}, {theirs[1]:.3f} | {max(theirs):.3f} |")
+    print(f"\npotstill / TRL: {ratio:.2f}x; target >= 2x: {'met' if ratio >= 2 else 'NOT met'}")
+    out.append({"part": "speed", "potstill": ours, "trl": theirs, "ratio": ratio, "batch": bs, "steps": steps})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps"], default="all")
+    ap.add_argument("--sft-steps", type=int, default=SIZES[True]["steps"], help="SFT's steps: the budget")
+    ap.add_argument("--speed-steps", type=int, default=12)
+    ap.add_argument("--speed-batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--student", type=Path, default=None, help="--part speed: this student folder (default: untrained)")
+    ap.add_argument("--out", type=Path, default=Path("runs/on_policy_bench.jsonl"))
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(f"machine: {machine()}")
+    b = Bench()
+    out: list[dict[str, Any]] = []
+    student = load_causal_lm(str(a.student), CPU, torch.float32) if a.student else b.student()
+    if a.part in ("all", "accuracy"):
+        student = part_accuracy(b, a.sft_steps, out)
+    if a.part == "steps":
+        part_steps(b, a.sft_steps, out)
+    if a.part in ("all", "speed"):
+        part_speed(b, student, a.speed_steps, a.speed_batch, out)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    with a.out.open("a") as f:
+        for r in out:
+            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
