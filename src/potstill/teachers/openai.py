@@ -22,7 +22,7 @@ from ..config import AzureOpenAITeacher, JobSpec, OpenAITeacher
 from ..errors import TeacherError
 from ..progress import progress
 from ..run_dir import RunDir
-from .cache import RequestCache
+from .cache import RequestCache, extra_fields
 from .engine import Budget, Engine, Job, Outcome, RetryPolicy, Server, run_sync
 from .wire import RemoteTeacher, classify, wire_body
 
@@ -118,7 +118,7 @@ def answer_remote(
                     "completion_tokens": a.completion_tokens,
                     "latency_s": out.latency_s,
                     "cost_usd": c,
-                    "extra": {"logprobs": a.logprobs} if a.logprobs else None,
+                    "extra": extra_fields(a.logprobs if r.body.get("logprobs") else None, a.mean_logprob),
                 }
                 rows.append((r.key, r.body, a.text, fields))
             cache.put_many(rows)
