@@ -146,6 +146,24 @@ class PoolTeaching(_Strict):
 TeachingSpec = Annotated[Union[RouteTeaching, CascadeTeaching, PoolTeaching], Field(discriminator="strategy")]  # noqa: UP007
 
 
+# --------------------------------------------------------------------------------------------- the dearest
+def price(t: Any) -> float | None:
+    """A teacher's price per million tokens, prompt and completion together (None: unpriced)."""
+    p = [getattr(t, f, None) for f in ("input_price_per_mtok", "output_price_per_mtok")]
+    return None if all(x is None for x in p) else sum(x or 0.0 for x in p)
+
+
+def reference_teacher(teachers: list[Any], teaching: Any) -> str:
+    """The teacher the others are measured against (the report's "teacher" row, the cost saved): the dearest
+    priced one; unpriced, a cascade's last (its strongest), else the first listed."""
+    priced = [(p, i, t.name) for i, t in enumerate(teachers) if (p := price(t)) is not None]
+    if priced:
+        return max(priced, key=lambda x: (x[0], -x[1]))[2]
+    if isinstance(teaching, CascadeTeaching):
+        return (teaching.order or [t.name for t in teachers])[-1]
+    return teachers[0].name or "teacher"
+
+
 # --------------------------------------------------------------------------------------------- cross-checks
 def teachers_problems(teachers: list[Any]) -> list[str]:
     """Every teacher of `teachers:` has a unique, file-safe name."""

@@ -24,6 +24,7 @@ from ..run_dir import RunDir, read_jsonl
 from ..train.advice import still_improving
 from . import plots
 from .tables import comparison_rows, derived_lines, derived_table, fmt, funnel_rows, ledger_rows, markdown_table
+from .teaching import teaching_markdown, teaching_section
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -74,12 +75,16 @@ def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "ledger": generation_ledger(rd),
         "targets": _json(rd.eval / "targets.json").get("targets") or [],
         "tuning": _json(rd.root / "tune" / "summary.json"),
+        "teaching": teaching_section(rd.root),  # several teachers (report/teaching.py), else None
     }
 
 
 def _summary(ctx: dict[str, Any]) -> str:
     job, res = ctx["job"], ctx["results"]
     teacher = (job.get("teacher") or {}).get("model", "?")
+    if job.get("teachers"):  # several teachers
+        names = ", ".join(f"{t.get('name')} `{t.get('model')}`" for t in job["teachers"])
+        teacher = f"{(job.get('teaching') or {}).get('strategy', 'route')} over {names}"
     student = (job.get("student") or {}).get("model", "?")
     return (
         f"Task **{res.get('task_type')}** · teacher `{teacher}` → student `{student}` · evaluated on "
@@ -152,6 +157,7 @@ def render_markdown(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) 
         parts += ["## Teacher outputs kept", "", markdown_table(*funnel_rows(ctx["filter_report"])), ""]
     if ctx["ledger"]:
         parts += ["## Generation ledger", "", markdown_table(*ledger_rows(ctx["ledger"])), ""]
+    parts += teaching_markdown(ctx.get("teaching"))
     if tuning := _tuning(ctx):
         header, rows, title = tuning
         parts += [
@@ -189,6 +195,7 @@ def render_html(ctx: dict[str, Any], figures: dict[str, tuple[str, bytes]]) -> s
         ],
         funnel=funnel_rows(ctx["filter_report"]) if ctx["filter_report"] else None,
         ledger=ledger_rows(ctx["ledger"]) if ctx["ledger"] else None,
+        teaching=ctx.get("teaching"),
         stages=_stage_rows(ctx),
         tuning=_tuning(ctx),
         job_text=ctx["job_text"],

@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import JobSpec
+from ..config import HFTeacher, JobSpec
 from ..config_teachers import RouteTeaching
 from ..data.jsonl import Example, read_examples
 from ..data.tasks import Task, task_for, teacher_messages
-from ..errors import TeacherError
+from ..errors import PotstillError, TeacherError, TrainingError
 from ..run_dir import RunDir
 from .cache import RequestCache, request_key
 from .generate import Answerer, Request, output_row, request_body, split_paths
@@ -132,6 +132,7 @@ def run_generate_multi(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     from .multi_stats import teaching_summary
     from .strategies import cascade_split, pool_split, route_split
 
+    check_kd_tokenizers(spec)
     task = task_for(spec)
     teaching = spec.teaching or RouteTeaching(by="task_type", map={"*": spec.teacher_list()[0].name or "teacher"})
     counts: dict[str, Any] = {}
@@ -183,6 +184,28 @@ def run_generate_multi(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                 f"not chosen is in teacher/answers/{split}.jsonl"
             )
     return counts
+
+
+def check_kd_tokenizers(spec: JobSpec) -> None:
+    """Logit distillation from several teachers: refuse a local teacher whose tokenizer is not the student's
+    before anything is asked (the train stage checks again, remote teachers too, on the rows themselves)."""
+    kd = spec.hyperparameters.kd
+    local = {n: t for n, t in spec.named_teachers().items() if isinstance(t, HFTeacher)}
+    if kd is None or kd.source != "logprobs" or not local:
+        return
+    from ..train.kd import check_tokenizers
+    from ..train.stage import teacher_refused
+    from .hf import load_tokenizer
+
+    try:
+        student = load_tokenizer(spec.student.tokenizer or spec.student.model)
+    except PotstillError:
+        return  # the train stage reports a student it cannot load
+    for name, t in local.items():
+        try:
+            check_tokenizers(student, load_tokenizer(t.tokenizer or t.model))
+        except TrainingError as exc:
+            raise teacher_refused(name, str(exc).split("; ")[0]) from None
 
 
 def check_gate(spec: JobSpec, strategy: str, ts: TeacherSet, results: dict[str, SplitResult]) -> None:

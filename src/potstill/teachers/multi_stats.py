@@ -21,6 +21,7 @@ from itertools import combinations
 from typing import Any
 
 from ..config import JobSpec
+from ..config_teachers import price, reference_teacher
 from .multi import SplitResult, TeacherSet
 
 
@@ -108,20 +109,13 @@ def _top(counts: dict[str, int]) -> str:
     return max(counts, key=lambda k: counts[k])
 
 
-def price(t: Any) -> float | None:
-    """A teacher's price per million tokens, prompt and completion together (None: unpriced)."""
-    p = [getattr(t, f, None) for f in ("input_price_per_mtok", "output_price_per_mtok")]
-    return None if all(x is None for x in p) else sum(x or 0.0 for x in p)
-
-
 def cost_saved(spec: JobSpec, ts: TeacherSet, results: dict[str, SplitResult]) -> dict[str, Any] | None:
     """This stage's cost against sending every row to the dearest teacher (each answer it did give here at its
     measured cost per answer; else the answers' mean tokens at its prices). None when no teacher is priced."""
     teachers = spec.named_teachers()
-    priced = {n: p for n, t in teachers.items() if (p := price(t)) is not None}
-    if not priced:
+    if all(price(t) is None for t in teachers.values()):
         return None
-    ref = max(priced, key=lambda n: priced[n])
+    ref = reference_teacher(spec.teacher_list(), spec.teaching)
     t, st = teachers[ref], ts.stats[ref]
     answered = st.requests - st.failed
     calls = sum(r.prompts for r in results.values()) * spec.generation.samples

@@ -45,9 +45,10 @@ def route_of(teaching: RouteTeaching, ex: Example, task_type: str) -> tuple[str,
         return teaching.map[value], f"route: {what} = {value!r}"
     if "*" in teaching.map:
         return teaching.map["*"], f"route: {what} = {value!r} (the '*' entry)"
+    said = f"{what} {value!r}" if teaching.by == "task_type" or ex.raw.get(what) is not None else f"no field {what!r}"
     raise DataError(
-        f"row {ex.id!r}: {what} {value!r} has no teacher in teaching.map ({sorted(teaching.map)}); add it, or a "
-        "'*' entry for every other value"
+        f"row {ex.id!r}: {said} has no teacher in teaching.map ({sorted(teaching.map)}); add it, or a '*' entry "
+        "for every other value"
     )
 
 
