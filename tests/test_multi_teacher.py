@@ -398,3 +398,35 @@ def test_cascade_whose_last_teacher_fails_counts_unanswered_rows(fake_openai: An
         TeacherError, match=r"only 0 of 16 rows got an answer from any teacher .* dear: 16 of 16 failed"
     ):
         generate(job, tmp_path / "run")
+
+
+def test_one_teacher_listed_takes_every_row(fake_openai: Any, tmp_path: Path) -> None:
+    srv = fake_openai()
+    srv.answer_fn = right
+    job = multi_job(tmp_path, [{"name": "only", "model": "m", "base_url": srv.base_url}], None)
+    summary = generate(job, tmp_path / "run")
+    assert sorted(asked(srv)) == list(range(N)) and sorted(asked(srv, checks=True)) == [0, 1, 2, 3]
+    assert {r["teacher"] for r in rows(tmp_path / "run")} == {"only"}
+    assert summary["strategy"] == "route" and summary["teachers"]["only"]["rows_chosen"] == N + 4
+
+
+def test_route_by_task_type_and_pool_answer_check_without_gold() -> None:
+    from potstill.config_teachers import PoolTeaching, RouteTeaching
+    from potstill.data.jsonl import Example
+    from potstill.data.tasks import get_task
+    from potstill.teachers.strategies import route_of, select
+
+    ex = Example("r1", [{"role": "user", "content": "2+3?"}])
+    teaching = RouteTeaching(by="task_type", map={"math": "large", "*": "small"})
+    assert route_of(teaching, ex, "math") == ("large", "route: task_type = 'math'")
+    assert route_of(teaching, ex, "qa")[0] == "small"
+    task = get_task("math")
+    answers = [
+        {"teacher": "a", "answer": "4", "output": "Answer: 4"},
+        {"teacher": "b", "answer": "5", "output": "Answer: 5"},
+        {"teacher": "c", "answer": "5", "output": "Answer: 5"},
+    ]
+    keep, why = select(PoolTeaching(select="answer_check"), task, answers, None)  # no gold answer: the vote
+    assert keep == [answers[1]] and why.startswith("pool vote (no gold answer to check): 2 of 3 answers agree")
+    keep, why = select(PoolTeaching(select="answer_check"), task, answers, "4")
+    assert keep == [answers[0]] and "matches the gold answer" in why
