@@ -124,9 +124,12 @@ def test_route_by_length_and_a_value_without_teacher(fake_openai: Any, tmp_path:
         for r in rows(tmp_path / "run", split):
             n = len(r["messages"][-1]["content"])
             assert r["teacher"] == ("short" if n <= 20 else "long"), (n, r["teacher"])
+    fresh = fake_openai()
+    teachers = [{**t, "base_url": fresh.base_url} for t in teachers]
     job = multi_job(tmp_path / "b", teachers, {"strategy": "route", "field": "domain", "map": {"math": "long"}})
-    with pytest.raises(Exception, match=r"domain 'chat' has no teacher in teaching.map"):
+    with pytest.raises(Exception, match=r"row 'train-1': domain 'chat' has no teacher in teaching.map"):
         generate(job, tmp_path / "b" / "run")
+    assert fresh.log == []  # every row is routed before anything is asked
     assert not (tmp_path / "b" / "run" / "teacher" / "outputs" / "train.jsonl").exists()
 
 
@@ -430,3 +433,51 @@ def test_route_by_task_type_and_pool_answer_check_without_gold() -> None:
     assert keep == [answers[1]] and why.startswith("pool vote (no gold answer to check): 2 of 3 answers agree")
     keep, why = select(PoolTeaching(select="answer_check"), task, answers, "4")
     assert keep == [answers[0]] and "matches the gold answer" in why
+
+
+def test_cost_saved_when_the_dearest_answered_nothing(fake_openai: Any, tmp_path: Path) -> None:
+    _, large, summary, out = _cascade(fake_openai, tmp_path, ["parse"], right)
+    assert asked(large) == [] and {r["teacher"] for r in out} == {"small"}
+    t = summary["teachers"]["small"]
+    answers = t["answered"]
+    per_answer = (t["prompt_tokens"] / answers * 2 + t["completion_tokens"] / answers * 8) / 1e6  # large's prices
+    cost = summary["cost"]
+    assert "the answers' mean tokens" in cost["how"] and cost["reference"] == "large"
+    assert cost["all_to_reference_usd"] == pytest.approx((N + 4) * per_answer, rel=1e-4)
+    assert cost["actual_usd"] == pytest.approx(t["cost_usd"]) and cost["saved_pct"] > 90
+
+
+def test_route_conversations_each_stays_with_its_teacher(fake_openai: Any, tmp_path: Path) -> None:
+    a, b = fake_openai(), fake_openai()
+    convs = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Hello {i}"},
+                {"role": "assistant", "content": "Hi"},
+                {"role": "user", "content": f"Bye {i}"},
+            ],
+            "team": "ab"[i % 2],
+        }
+        for i in range(6)
+    ]
+    train = write_jsonl(tmp_path / "conv.jsonl", convs)
+    job = multi_job(
+        tmp_path,
+        [{"name": "a", "model": "m", "base_url": a.base_url}, {"name": "b", "model": "m", "base_url": b.base_url}],
+        {"strategy": "route", "field": "team", "map": {"a": "a", "*": "b"}},
+        task_type="conversation",
+    )
+    d = yaml.safe_load(job.read_text())
+    d["data"]["training"] = str(train)
+    job.write_text(yaml.safe_dump(d))
+    generate(job, tmp_path / "run")
+    users = lambda srv: sorted(e.body["messages"][-1]["content"] for e in srv.log)  # noqa: E731
+    assert [u for u in users(a) if not u.startswith("Check")] == sorted(
+        [f"Bye {i}" for i in (0, 2, 4)] + [f"Hello {i}" for i in (0, 2, 4)]
+    )
+    assert [u for u in users(b) if not u.startswith("Check")] == sorted(
+        [f"Bye {i}" for i in (1, 3, 5)] + [f"Hello {i}" for i in (1, 3, 5)]
+    )
+    out = rows(tmp_path / "run")
+    assert [r["teacher"] for r in out if r["id"].startswith("train")] == ["a", "b"] * 3
+    assert all(len(r["turn_outputs"]) == 2 for r in out if r["id"].startswith("train"))

@@ -149,3 +149,22 @@ def test_logit_kd_uses_each_rows_own_teacher(tiny_models: dict[str, Path], tmp_p
     events = [json.loads(x) for x in (run / "logs" / "events.jsonl").read_text().splitlines()]
     start = next(e for e in events if e["stage"] == "train" and e["event"] == "start")
     assert start["logprob_rows"] == len(train)  # both teachers' rows line up with the student's tokens
+
+
+def test_logit_kd_refuses_a_remote_teacher_whose_tokens_do_not_line_up(
+    tiny_models: dict[str, Path], tmp_path: Path, fake_openai: Any
+) -> None:
+    srv = fake_openai()
+    srv.answer_fn = lambda body: "Answer: seven"  # whole words: not one student token each
+    job = multi_local(
+        tiny_models,
+        tmp_path,
+        {"strategy": "route", "by": "length", "unit": "chars", "map": {"16": "strong", "*": "remote"}},
+        generation={"logprobs": 2},
+        hyperparameters={"kd": {"source": "logprobs"}},
+    )
+    d = yaml.safe_load(job.read_text())
+    d["teachers"][0] = {"name": "remote", "kind": "openai", "model": "m", "base_url": srv.base_url}
+    job.write_text(yaml.safe_dump(d))
+    with pytest.raises(TrainingError, match=r"teacher 'remote' cannot be distilled token by token: only 0 of its 12"):
+        run_pipeline(load_spec(job), tmp_path / "run", only=["generate", "validate", "train"])
