@@ -164,3 +164,16 @@ def test_one_teacher_keeps_its_keys_and_fingerprints(tiny_models: dict[str, Path
     assert {k: v for k, v in request_body(spec.for_teacher("t"), msgs, 0).items() if k != "teacher"} == request_body(
         one, msgs, 0
     )
+
+
+def test_the_readme_and_docs_examples_validate(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    blocks = []
+    for doc in ("README.md", "docs/teachers.md"):
+        text = (root / doc).read_text()
+        blocks += [b.split("```")[0] for b in text.split("```yaml\n")[1:] if b.lstrip().startswith("teachers:")]
+    assert len(blocks) == 2
+    for block in blocks:
+        spec = validate_spec({**yaml.safe_load(HEAD), **yaml.safe_load(block)})
+        assert [t.name for t in spec.teacher_list()] == ["small", "large"]
+        assert spec.teaching is not None and spec.teaching.strategy == "cascade"
