@@ -126,8 +126,10 @@ def test_route_by_length_and_a_value_without_teacher(fake_openai: Any, tmp_path:
             assert r["teacher"] == ("short" if n <= 20 else "long"), (n, r["teacher"])
     fresh = fake_openai()
     teachers = [{**t, "base_url": fresh.base_url} for t in teachers]
-    job = multi_job(tmp_path / "b", teachers, {"strategy": "route", "field": "domain", "map": {"math": "long"}})
-    with pytest.raises(Exception, match=r"row 'train-1': domain 'chat' has no teacher in teaching.map"):
+    job = multi_job(
+        tmp_path / "b", teachers, {"strategy": "route", "field": "domain", "map": {"math": "long", "chat": "short"}}
+    )
+    with pytest.raises(Exception, match=r"row 'validation-0' has no field 'domain' and teaching.map has no '\*' entry"):
         generate(job, tmp_path / "b" / "run")
     assert fresh.log == []  # every row is routed before anything is asked
     assert not (tmp_path / "b" / "run" / "teacher" / "outputs" / "train.jsonl").exists()

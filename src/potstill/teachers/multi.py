@@ -28,7 +28,7 @@ from ..data.tasks import Task, task_for, teacher_messages
 from ..errors import PotstillError, TeacherError, TrainingError
 from ..run_dir import RunDir
 from .cache import RequestCache, request_key
-from .generate import Answerer, Request, output_row, request_body, split_paths
+from .generate import Answerer, Answers, Request, output_row, request_body, split_paths
 
 Row = dict[str, Any]
 
@@ -78,11 +78,12 @@ class TeacherSet:
         for i, (msgs, s) in enumerate(batch):
             body = request_body(self.views[name], msgs, s)
             reqs.append(Request(Example(f"turn-{i}", msgs), s, body, request_key(body)))
-        ans = self.answerers[name].answer(reqs, f"{split}/{name}") if reqs else None
+        if not reqs:
+            return []
+        ans = self.answerers[name].answer(reqs, f"{split}/{name}")
         self._count(name, reqs, ans, split, prompts=False)
         failed = {"finish_reason": "error", "response": None}
-        assert ans is not None or not reqs
-        return [ans.rows.get(r.key) or {**failed, "error": ans.failures.get(r.key, "no answer")} for r in reqs]  # type: ignore[union-attr]
+        return [ans.rows.get(r.key) or {**failed, "error": ans.failures.get(r.key, "no answer")} for r in reqs]
 
     def _answer(self, name: str, reqs: list[Request], split: str) -> dict[tuple[str, int], Row]:
         if not reqs:
@@ -97,15 +98,15 @@ class TeacherSet:
             out[(r.example.id, r.sample)] = row
         return out
 
-    def _count(self, name: str, reqs: list[Request], ans: Any, split: str, prompts: bool = True) -> None:
+    def _count(self, name: str, reqs: list[Request], ans: Answers, split: str, prompts: bool = True) -> None:
         st = self.stats[name]
         st.requests += len(reqs)
-        st.from_cache += len(ans.from_cache & {r.key for r in reqs}) if ans else 0
+        st.from_cache += len(ans.from_cache & {r.key for r in reqs})
         for r in reqs:
-            hit = ans.rows.get(r.key) if ans else None
+            hit = ans.rows.get(r.key)
             if hit is None:
                 st.failed += 1
-                st.reasons[ans.failures.get(r.key, "no answer") if ans else "no answer"] += 1
+                st.reasons[ans.failures.get(r.key, "no answer")] += 1
                 continue
             if prompts and r.example is not None:
                 st.prompts.add((split, r.example.id))
@@ -130,17 +131,21 @@ class SplitResult:
 
 def run_generate_multi(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     from .multi_stats import teaching_summary
-    from .strategies import cascade_split, pool_split, route_split
+    from .strategies import cascade_split, pool_split, route_of, route_split
 
     check_kd_tokenizers(spec)
     task = task_for(spec)
     teaching = spec.teaching or RouteTeaching(by="task_type", map={"*": spec.teacher_list()[0].name or "teacher"})
     counts: dict[str, Any] = {}
     results: dict[str, SplitResult] = {}
+    splits = {split: list(read_examples(path, split, spec.prompts.template)) for split, path in split_paths(spec)}
+    if isinstance(teaching, RouteTeaching):  # every row of every split has a teacher before anything is asked
+        for examples in splits.values():
+            for ex in examples:
+                route_of(teaching, ex, spec.task_type)
     with RequestCache(rd.cache_db) as cache:
         ts = TeacherSet(spec, rd, cache, task)
-        for split, path in split_paths(spec):
-            examples = list(read_examples(path, split, spec.prompts.template))
+        for split, examples in splits.items():
             match teaching.strategy:
                 case "route":
                     res = route_split(ts, teaching, examples, split)  # type: ignore[arg-type]

@@ -45,16 +45,17 @@ def route_of(teaching: RouteTeaching, ex: Example, task_type: str) -> tuple[str,
         return teaching.map[value], f"route: {what} = {value!r}"
     if "*" in teaching.map:
         return teaching.map["*"], f"route: {what} = {value!r} (the '*' entry)"
-    said = f"{what} {value!r}" if teaching.by == "task_type" or ex.raw.get(what) is not None else f"no field {what!r}"
+    if teaching.by == "field" and ex.raw.get(what) is None:
+        raise DataError(f"row {ex.id!r} has no field {what!r} and teaching.map has no '*' entry; add one for such rows")
     raise DataError(
-        f"row {ex.id!r}: {said} has no teacher in teaching.map ({sorted(teaching.map)}); add it, or a '*' entry "
-        "for every other value"
+        f"row {ex.id!r}: {what} {value!r} has no teacher in teaching.map ({sorted(teaching.map)}); add it, or a "
+        "'*' entry for every other value"
     )
 
 
 def route_split(ts: TeacherSet, teaching: RouteTeaching, examples: list[Example], split: str) -> SplitResult:
-    routed = [(ex, *route_of(teaching, ex, ts.spec.task_type)) for ex in examples]  # every row first: no call
-    samples = ts.spec.generation.samples  # is made for a split that a later row cannot route
+    routed = [(ex, *route_of(teaching, ex, ts.spec.task_type)) for ex in examples]
+    samples = ts.spec.generation.samples
     rows: dict[str, list[Row]] = {}
     for name in ts.names:
         mine = [ex for ex, n, _ in routed if n == name]
