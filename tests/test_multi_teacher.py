@@ -483,3 +483,28 @@ def test_route_conversations_each_stays_with_its_teacher(fake_openai: Any, tmp_p
     out = rows(tmp_path / "run")
     assert [r["teacher"] for r in out if r["id"].startswith("train")] == ["a", "b"] * 3
     assert all(len(r["turn_outputs"]) == 2 for r in out if r["id"].startswith("train"))
+
+
+def test_each_teacher_spends_its_own_budget(fake_openai: Any, tmp_path: Path) -> None:
+    a, b = fake_openai(), fake_openai()
+    a.answer_fn = b.answer_fn = right
+    each = {"input_price_per_mtok": 100.0, "output_price_per_mtok": 100.0, "concurrency": 1, "budget_usd": 0.07}
+    # one teacher's 16 answers cost ~$0.05 and a request at most ~$0.02: each fits its $0.07 alone, the two
+    # together do not, so a budget that counted the other teacher's calls would stop the second one
+    job = multi_job(
+        tmp_path,
+        [
+            {"name": "a", "model": "m", "base_url": a.base_url, **each},
+            {"name": "b", "model": "m", "base_url": b.base_url, **each},
+        ],
+        {"strategy": "pool"},
+    )
+    summary = generate(job, tmp_path / "run")
+    costs = [summary["teachers"][n]["cost_usd"] for n in ("a", "b")]
+    assert all(c < 0.07 for c in costs) and sum(costs) > 0.07, costs
+    assert sorted(asked(b)) == list(range(N))
+    d = yaml.safe_load(job.read_text())
+    d["teachers"][1]["budget_usd"] = 0.01  # now b's own spend is over its budget: b alone is stopped, named
+    job.write_text(yaml.safe_dump(d))
+    with pytest.raises(TeacherError, match=r"budget reached: .* of teacher 'b': budget_usd=\$0.01"):
+        generate(job, tmp_path / "run2")

@@ -98,7 +98,8 @@ def answer_remote(
         j.cost_bound = cost_bound(t, j.body, len(j.items))
     limit = t.concurrency or spec.generation.concurrency
     servers = [Server(u, limit) for u in t.urls]
-    spent = cache.stats()["cost_usd"] or 0.0
+    # a named teacher (one of several) spends its own budget: only its calls count
+    spent = ((cache.stats_by_teacher().get(t.name) or {}) if t.name else cache.stats()).get("cost_usd") or 0.0
     policy = RetryPolicy(t.max_retries, t.retry_backoff_s, t.max_backoff_s)
     engine = Engine(servers, policy=policy, budget=Budget(t.budget_usd, spent))
     res = engine.result
@@ -145,7 +146,8 @@ def answer_remote(
         run_sync(main)
     if res.stopped == "budget":
         raise TeacherError(
-            f"budget reached: ${engine.budget.spent:.4f} spent of teacher.budget_usd=${t.budget_usd:g}; "
+            f"budget reached: ${engine.budget.spent:.4f} spent of "
+            f"{f'teacher {t.name!r}: ' if t.name else 'teacher.'}budget_usd=${t.budget_usd:g}; "
             f"{len(reqs) - res.answered - res.failed} rows not sent. Raise budget_usd and run again to resume "
             "(answered rows are cached)"
         )
