@@ -81,13 +81,13 @@ def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _summary(ctx: dict[str, Any]) -> str:
     job, res = ctx["job"], ctx["results"]
-    teacher = (job.get("teacher") or {}).get("model", "?")
+    teacher = f"`{(job.get('teacher') or {}).get('model', '?')}`"
     if job.get("teachers"):  # several teachers
         names = ", ".join(f"{t.get('name')} `{t.get('model')}`" for t in job["teachers"])
         teacher = f"{(job.get('teaching') or {}).get('strategy', 'route')} over {names}"
     student = (job.get("student") or {}).get("model", "?")
     return (
-        f"Task **{res.get('task_type')}** · teacher `{teacher}` → student `{student}` · evaluated on "
+        f"Task **{res.get('task_type')}** · teacher {teacher} → student `{student}` · evaluated on "
         f"{res.get('rows')} {res.get('split')} rows (accuracy against the {res.get('scored_against')}) · "
         f"greedy, max_new_tokens {res.get('max_new_tokens')}, batch size {res.get('batch_size')} for throughput."
     )
