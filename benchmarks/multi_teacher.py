@@ -1,20 +1,24 @@
 """Two local teachers on the demo's task: a cascade and a pool against the strong teacher alone.
 
-    PYTHONPATH=src python benchmarks/multi_teacher.py            # ~15 min on 2 cores; --out runs/bench-multi
+    PYTHONPATH=src python benchmarks/multi_teacher.py            # --out runs/bench-multi, --steps, --pool-student
 
 Teachers: the shipped strong teacher (src/potstill/demo/teacher, 2.70M parameters, 18 layers) and a cheap one
-(src/potstill/demo/cheap_teacher, 2 layers, trained by `python -m potstill.demo.train_teacher --layers 2 --steps
-1500 --rows 48000`; trained here when missing), priced by their compute: a token costs in proportion to the
-parameters it runs through (output USD/1M tokens = parameters in millions, input a quarter of that).
-Same splits for every run (the demo's quick size: 2,000 unlabelled questions, 200 labelled validation rows; 1,000
-test rows), same student and recipe (the demo's quick recipe: 800 steps):
+(src/potstill/demo/cheap_teacher, 0.34M, 2 layers, trained by `python -m potstill.demo.train_teacher --layers 2
+--steps 1400 --rows 40000 --batch-size 16 --packing 192 --lr 3e-3 --schedule linear --weights float32`; trained
+here when missing), priced by their compute: a token costs in proportion to the parameters it runs through
+(output USD per 1M tokens = parameters in millions, input a quarter of that).
+The same splits for every run (the quick demo's 2,000 unlabelled questions and 200 labelled validation rows;
+1,000 test rows) and the same student and recipe (the demo's: 2,200 steps; at the quick demo's 800 steps a
+student's accuracy still varies by tens of points between runs, docs/ablation.md, too much to compare within 1
+point):
     strong            the strong teacher alone, greedy (the demo's setting)
     cascade           the cheap teacher first, 3 samples at T=0.7; a row goes to the strong teacher when its
                       samples disagree or do not parse (escalate_on: [parse, {self_consistency: {samples: 3}}])
     pool              both teachers answer (greedy), majority vote; a tie keeps the strong teacher's answer
     pool (unanimous)  the same answers, min_agreement 1.0: rows the two disagree on are dropped (data only)
-Prints, per run: the strong teacher's share of the training rows, the kept data's accuracy against the problems'
-true answers, the cost, the distilled student's test accuracy; then the issue's targets, met or not.
+The strong-only and cascade students train side by side (one thread each, as the demo trains its two). Prints,
+per run: the strong teacher's share of the prompts, the kept data's accuracy against the problems' true answers,
+the cost, the distilled student's test accuracy; then the issue's targets, met or not.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,8 +41,17 @@ from potstill.demo.task import SYSTEM, problems
 from potstill.pipeline import run_pipeline
 
 CHEAP_DIR = TEACHER_DIR.with_name("cheap_teacher")
-CHEAP_RECIPE = {"layers": 2, "steps": 1500, "rows": 48000}
-SIZES = {"train": 2000, "validation": 200, "test": 1000, "steps": 800}
+CHEAP_RECIPE: dict[str, Any] = {
+    "layers": 2,
+    "steps": 1400,
+    "rows": 40000,
+    "batch_size": 16,
+    "packing": 192,
+    "lr": 3e-3,
+    "schedule": "linear",
+    "weights": "float32",
+}
+SIZES = {"train": 2000, "validation": 200, "test": 1000, "steps": 2200}
 MAX_TOKENS = 96
 
 
@@ -88,6 +102,7 @@ def job(
     teachers: list[dict[str, Any]],
     teaching: dict[str, Any] | None,
     temp: float,
+    steps: int,
     evaluate_teachers: bool = False,
 ) -> Any:
     d: dict[str, Any] = {
@@ -102,7 +117,7 @@ def job(
         },
         "generation": {"temperature": temp, "max_tokens": MAX_TOKENS},
         "filters": ["nonempty", "parse", {"max_tokens": MAX_TOKENS}],
-        "hyperparameters": {**RECIPE, "max_steps": SIZES["steps"], "num_epochs": 1000, "save_every": 200},
+        "hyperparameters": {**RECIPE, "max_steps": steps, "num_epochs": 1000, "save_every": 200},
         "evaluation": {
             "baseline": False,
             "teacher": evaluate_teachers,
@@ -134,6 +149,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-multi"))
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
+    ap.add_argument("--steps", type=int, default=SIZES["steps"], help="the students' optimiser steps")
+    ap.add_argument("--pool-student", action="store_true", help="also train a student on the pool's data")
     a = ap.parse_args()
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f} s] {m}", flush=True)  # noqa: E731
@@ -163,16 +180,19 @@ def main() -> None:
     }
     pool = {"strategy": "pool", "select": "vote", "order": ["strong", "cheap"]}
     runs = {
-        "strong": (job(root, "strong", [t["strong"]], None, 0.0), True),
-        "cascade": (job(root, "cascade", [t["cheap"], t["strong"]], cascade, 0.7, evaluate_teachers=True), True),
-        "pool": (job(root, "pool", [t["strong"], t["cheap"]], pool, 0.0), True),
+        "strong": (job(root, "strong", [t["strong"]], None, 0.0, a.steps), True),
+        "cascade": (
+            job(root, "cascade", [t["cheap"], t["strong"]], cascade, 0.7, a.steps, evaluate_teachers=True),
+            True,
+        ),
+        "pool": (job(root, "pool", [t["strong"], t["cheap"]], pool, 0.0, a.steps), a.pool_student),
         "pool (unanimous)": (
-            job(root, "pool-unanimous", [t["strong"], t["cheap"]], {**pool, "min_agreement": 1.0}, 0.0),
+            job(root, "pool-unanimous", [t["strong"], t["cheap"]], {**pool, "min_agreement": 1.0}, 0.0, a.steps),
             False,
         ),
     }
     results: dict[str, dict[str, Any]] = {}
-    for name, (spec, train) in runs.items():
+    for name, (spec, _) in runs.items():  # the teachers' data first
         run = a.out / spec.name
         if name.startswith("pool"):  # the strong teacher's greedy answers are the strong run's: its cache
             (run / "teacher").mkdir(parents=True, exist_ok=True)
@@ -181,24 +201,44 @@ def main() -> None:
                 with sqlite3.connect(src) as a_db, sqlite3.connect(run / "teacher" / "cache.sqlite") as b_db:
                     a_db.backup(b_db)
         t1 = time.time()
-        run_pipeline(spec, run, only=["generate", "validate", *(["train", "evaluate"] if train else [])], log=log)
+        run_pipeline(spec, run, only=["generate", "validate"], log=log)
         acc, kept, share = data_accuracy(run, truth)
         teaching = json.loads((run / "teacher" / "teaching.json").read_text())
         gen = json.loads((run / "state.json").read_text())["stages"]["generate"]["counts"]
         prompts = gen["train"]["prompts"] + gen["validation"]["prompts"]
-        res = {
+        results[name] = {
             "kept": kept,
             "data_accuracy": acc,
             "strong_share": share,
-            "seconds": time.time() - t1,
+            "generate_s": round(time.time() - t1, 1),
             "cost": teaching.get("cost"),
             "strong_prompts": teaching["teachers"]["strong"]["prompts_answered"] / prompts,
+            "funnel": teaching.get("funnel"),
+            "agreement": teaching.get("agreement"),
         }
-        if train:
-            ev = json.loads((run / "eval" / "results.json").read_text())
-            res["models"] = {m["name"]: m["accuracy"] for m in ev["models"]}
-        results[name] = res
-        log(f"{name}: {json.dumps(res)}")
+        log(f"{name}: {json.dumps(results[name])}")
+    # the students, side by side, one thread each (as the demo trains its two), then their evaluation
+    students = [(n, a.out / spec.name) for n, (spec, train) in runs.items() if train]
+    t1 = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "potstill", "train", str(run)],
+            env=env,
+            stdout=open(run.parent / f"{run.name}-train.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        for _, run in students
+    ]
+    for (name, run), p in zip(students, procs, strict=True):
+        if p.wait() != 0:
+            raise SystemExit(f"training {name} failed: see {run.parent / f'{run.name}-train.log'}")
+    log(f"{len(students)} students trained side by side in {time.time() - t1:.0f} s")
+    for name, run in students:
+        run_pipeline(runs[name][0], run, only=["evaluate"], log=log)
+        ev = json.loads((run / "eval" / "results.json").read_text())
+        results[name]["models"] = {m["name"]: m["accuracy"] for m in ev["models"]}
+        log(f"{name}: {results[name]['models']}")
 
     print(f"\n{cpu} ({simd}); load average {os.getloadavg()[0]:.2f} at the end; {time.time() - t0:.0f} s in all\n")
     ref = results["strong"]["data_accuracy"]
