@@ -8,7 +8,8 @@
 
     python tests/fake_openai.py --delay 0.1                       # standalone (benchmarks): prints its port
 
-Answers: "Answer: <8 hex of sha256(last user message, seed)>", so a request always gets the same answer. Usage
+Answers: "Answer: <8 hex of sha256(last user message, seed)>", so a request always gets the same answer (or
+``srv.answer_fn(body)``'s text; ``srv.logprob_fn(body)``: every token's logprob). Usage
 counts whitespace-separated words. `logprobs`/`top_logprobs` and `n` are honoured. Azure paths
 (/openai/deployments/<name>/chat/completions?api-version=...) are served too, with the key in `api-key`.
 
@@ -103,11 +104,11 @@ def _raw(status: str, headers: dict[str, str], payload: bytes, length: int | Non
     return Raw("\r\n".join([*head, "", ""]).encode() + payload)
 
 
-def _logprobs(text: str, k: int) -> dict[str, Any]:
+def _logprobs(text: str, k: int, lp: float | None = None) -> dict[str, Any]:
     content = []
     for i, tok in enumerate(text.split(" ")):
         piece = tok if i == 0 else " " + tok
-        top = [{"token": piece, "logprob": -0.01 * (i + 1)}]
+        top = [{"token": piece, "logprob": -0.01 * (i + 1) if lp is None else lp}]
         top += [{"token": f"<alt{j}>", "logprob": -1.0 - j - 0.1 * i} for j in range(1, k)]
         content.append({"token": piece, "logprob": top[0]["logprob"], "top_logprobs": top[:k]})
     return {"content": content}
@@ -138,6 +139,9 @@ class FakeOpenAI:
         self.log: list[Entry] = []
         self.queue: collections.deque[str] = collections.deque()
         self.fault_fn: Callable[[dict[str, Any], int], str | None] | None = None
+        # scripted answers: body -> the answer's text (default answer_text), body -> each token's logprob
+        self.answer_fn: Callable[[dict[str, Any]], str] | None = None
+        self.logprob_fn: Callable[[dict[str, Any]], float] | None = None
         self.attempts: collections.Counter[str] = collections.Counter()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -269,17 +273,19 @@ class FakeOpenAI:
                 return 200, {}, b'{"id": "x", "choices": [{"message": '
             case "empty_choices":
                 return 200, {}, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
-        text = answer_text(body)
+        answer = self.answer_fn or answer_text
+        text = answer(body)
         finish = "stop"
         if fault == "length":
             text, finish = text.split(" ")[0], "length"
         n = int(body.get("n") or 1)
         choices = []
         for i in range(n):
-            t = text if i == 0 else answer_text({**body, "seed": f"{body.get('seed')}/{i}"})
+            t = text if i == 0 else answer({**body, "seed": f"{body.get('seed')}/{i}"})
             ch: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
             if body.get("logprobs"):
-                ch["logprobs"] = _logprobs(t, int(body.get("top_logprobs") or 1))
+                lp = self.logprob_fn(body) if self.logprob_fn else None
+                ch["logprobs"] = _logprobs(t, int(body.get("top_logprobs") or 1), lp)
             choices.append(ch)
         prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         completion = sum(len(c["message"]["content"].split()) for c in choices)

@@ -54,6 +54,14 @@ def test_teachers_that_cannot_score_are_spec_errors_with_the_line(tmp_path: Path
         validate_spec({**BASE, "teacher": openai, "hyperparameters": {"on_policy": {"seq_kd": True}}})
     with pytest.raises(ConfigError, match=r"after_steps \(10\) >= max_steps \(10\): no on-policy step would run"):
         validate_spec({**BASE, "hyperparameters": {"max_steps": 10, "on_policy": {"after_steps": 10}}})
+    auto = {"max_steps": "auto", "max_minutes": 5, "on_policy": {"after_steps": 10}}  # no fixed end to compare
+    assert validate_spec({**BASE, "hyperparameters": auto}).hyperparameters.on_policy.after_steps == 10
+    two = [{"name": "a", "kind": "hf", "model": "t"}, {"name": "b", "kind": "hf", "model": "u"}]
+    several = {k: v for k, v in BASE.items() if k != "teacher"} | {"teachers": two, "teaching": {"strategy": "pool"}}
+    with pytest.raises(ConfigError, match=r"on_policy scores the student's samples with one teacher"):
+        validate_spec({**several, "hyperparameters": {"on_policy": {}}})
+    one = {**several, "teachers": two[:1], "teaching": None, "hyperparameters": {"on_policy": {"seq_kd": True}}}
+    assert validate_spec(one).teacher_list()[0].name == "a"  # a list of one is that teacher
 
 
 def test_the_coin_of_a_step_depends_on_seed_and_step_only() -> None:

@@ -15,9 +15,11 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .config_errors import _Strict, format_problems, suggest, yaml_lines
 from .config_remote import AzureOpenAITeacher, OpenAITeacher
+from .config_teachers import NAME_PATTERN, TeachingSpec, teachers_problems, teaching_problems
 from .config_tune import TuneSpec, tune_problems
 from .errors import ConfigError
 from .filter_spec import FILTER_NAMES, filter_options
@@ -31,11 +33,14 @@ class HFTeacher(_Strict):
     """A local Hugging Face causal LM (hub id or folder) used as the teacher."""
 
     kind: Literal["hf"] = "hf"
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="its name under teachers: (rows record it)")
     model: str = Field(description="hub id or local folder of the teacher checkpoint")
     tokenizer: str | None = Field(None, description="tokenizer id/folder when it differs from `model`")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, ge=1, le=4096, description="prompts per generate() call")
+    input_price_per_mtok: float | None = Field(None, ge=0, description="USD per million prompt tokens (its compute)")
+    output_price_per_mtok: float | None = Field(None, ge=0, description="USD per million completion tokens")
 
 
 TeacherSpec = Annotated[Union[HFTeacher, OpenAITeacher, AzureOpenAITeacher], Field(discriminator="kind")]  # noqa: UP007
@@ -270,13 +275,17 @@ class EvaluationSpec(_Strict):
 class JobSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     task_type: TaskType
-    teacher: TeacherSpec
+    teachers: list[TeacherSpec] | None = Field(None, description="several named teachers (docs/teachers.md)")
+    teacher: TeacherSpec | None = Field(None, validate_default=True, description="the teacher (or teachers:)")
     student: StudentSpec
     data: DataSpec
     prompts: PromptSpec = PromptSpec()
     generation: GenerationSpec = GenerationSpec()
     filters: list[str | dict[str, Any]] = Field(["nonempty", "parse", "max_tokens"])
     hyperparameters: Hyperparameters = Hyperparameters()
+    teaching: TeachingSpec | None = Field(
+        None, validate_default=True, description="with several teachers: route | cascade | pool (docs/teachers.md)"
+    )
     evaluation: EvaluationSpec = EvaluationSpec()
     tune: TuneSpec | None = Field(None, description="what `potstill tune` searches (docs/tuning.md)")
 
@@ -284,6 +293,63 @@ class JobSpec(_Strict):
     @classmethod
     def _teacher_shorthand(cls, v: Any) -> Any:
         return {"kind": "hf", "model": v} if isinstance(v, str) else v
+
+    @field_validator("teachers")
+    @classmethod
+    def _named_teachers(cls, v: list[Any] | None) -> list[Any] | None:
+        if v is not None and (problems := teachers_problems(v)):
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("teacher")
+    @classmethod
+    def _one_or_several(cls, v: Any, info: ValidationInfo) -> Any:
+        if "teachers" not in info.data:  # teachers: was given and has problems of its own
+            return v
+        several = info.data["teachers"] is not None
+        if v is None and not several:
+            raise PydanticCustomError("missing", "required field is missing")
+        if v is not None and several:
+            raise ValueError("give teacher: (one) or teachers: (several), not both")
+        return v
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _one_forward_teacher(cls, v: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
+        teachers = info.data.get("teachers")
+        forward = (v.kd is not None and v.kd.source == "teacher") or v.hidden is not None
+        if forward and teachers is not None and len(teachers) > 1:
+            raise ValueError(
+                "kd.source 'teacher' and hidden run one local teacher beside the student; with several teachers, "
+                "distil each row's own teacher's logits with kd.source: logprobs and generation.logprobs: k "
+                "(captured as each teacher answers)"
+            )
+        return v
+
+    @field_validator("teaching")
+    @classmethod
+    def _teaching_fits(cls, v: Any, info: ValidationInfo) -> Any:
+        if "teachers" not in info.data or "task_type" not in info.data:
+            return v
+        teachers = info.data["teachers"]
+        if teachers is None:
+            if v is not None:
+                raise ValueError("teaching: shares rows among several teachers: list them under teachers:")
+            return v
+        if v is None:
+            if len(teachers) > 1:
+                raise PydanticCustomError(
+                    "missing_part",
+                    "several teachers need teaching: (strategy: route, cascade or pool; docs/teachers.md)",
+                )
+            return v
+        gen, hp = info.data.get("generation"), info.data.get("hyperparameters")
+        temp = gen.temperature if gen is not None else None
+        temp = temp if temp is not None else (hp or Hyperparameters()).temperature
+        names = [t.name for t in teachers]
+        if problems := teaching_problems(v, names, info.data["task_type"], temp):
+            raise ValueError("; ".join(problems))
+        return v
 
     @field_validator("student", mode="before")
     @classmethod
@@ -316,7 +382,13 @@ class JobSpec(_Strict):
     @field_validator("hyperparameters")
     @classmethod
     def _on_policy_teacher(cls, v: Hyperparameters, info: ValidationInfo) -> Hyperparameters:
-        op, teacher = v.on_policy, info.data.get("teacher")
+        op, teacher, teachers = v.on_policy, info.data.get("teacher"), info.data.get("teachers")
+        if op is not None and teachers is not None and len(teachers) > 1:
+            raise ValueError(
+                "on_policy scores the student's samples with one teacher; with several teachers (teachers:), keep "
+                "one in the list or remove hyperparameters.on_policy"
+            )
+        teacher = teacher or (teachers[0] if teachers else None)
         if op is None or teacher is None:
             return v
         if teacher.kind == "azure_openai":
@@ -330,7 +402,8 @@ class JobSpec(_Strict):
                 "on_policy.seq_kd samples from the teacher in the training loop: it needs a local teacher "
                 "(teacher.kind: hf); set seq_kd: false to score the student's samples through the server"
             )
-        if v.max_steps is not None and (op.lmbda > 0 or op.seq_kd) and op.after_steps >= v.max_steps:
+        steps = v.max_steps if isinstance(v.max_steps, int) else None  # None or "auto": no fixed end
+        if steps is not None and (op.lmbda > 0 or op.seq_kd) and op.after_steps >= steps:
             raise ValueError(
                 f"on_policy.after_steps ({op.after_steps}) >= max_steps ({v.max_steps}): no on-policy step would "
                 "run; lower after_steps or raise max_steps"
@@ -369,9 +442,26 @@ class JobSpec(_Strict):
     def _distillation(self) -> JobSpec:
         hp = self.hyperparameters
         needs_local = (hp.kd is not None and hp.kd.source == "teacher") or hp.hidden is not None
-        if needs_local and self.teacher.kind != "hf":
+        if needs_local and self.teacher_list()[0].kind != "hf":
             raise ValueError("hyperparameters.kd.source 'teacher' and hyperparameters.hidden need a local teacher")
         return self
+
+    def teacher_list(self) -> list[TeacherSpec]:
+        """Every teacher: ``teachers:``, or ``teacher:`` as a list of one."""
+        if self.teachers is not None:
+            return list(self.teachers)
+        assert self.teacher is not None
+        return [self.teacher]
+
+    def named_teachers(self) -> dict[str, TeacherSpec]:
+        """Name -> teacher (``teacher:`` is named by its ``name``, else "teacher")."""
+        return {t.name or "teacher": t for t in self.teacher_list()}
+
+    def for_teacher(self, name: str) -> JobSpec:
+        """This job as if ``name`` were its only teacher: what the one-teacher machinery (the request cache,
+        the HTTP engine, the local decoder, evaluation) runs on. Its requests carry the name in their cache key."""
+        t = self.named_teachers()[name]
+        return self.model_copy(update={"teacher": t, "teachers": None, "teaching": None})
 
     @property
     def kd_temperature(self) -> float:
@@ -390,7 +480,7 @@ class JobSpec(_Strict):
             p = getattr(spec.data, field)
             if p is not None and not p.is_absolute():
                 setattr(spec.data, field, (base / p).resolve())
-        for part in (spec.teacher, spec.student, *spec.evaluation.models):
+        for part in (*spec.teacher_list(), spec.student, *spec.evaluation.models):
             for attr in ("model", "tokenizer"):
                 if (val := getattr(part, attr, None)) and (local := _local(val, base)) != val:
                     setattr(part, attr, local)

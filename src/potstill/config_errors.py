@@ -39,6 +39,8 @@ def format_problems(
             msg = f"unknown field '{loc[-1]}'{suggest(loc[-1], valid)}"
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] == "missing_part":  # a field the rest of the spec makes necessary: the message says why
+            msg = err["msg"]
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], dict | list):
@@ -57,6 +59,10 @@ def _user_loc(root: type[BaseModel], loc: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     model: Any = root
     for part in loc:
+        if isinstance(model, _ListOf) and part.isdigit():  # an item of a list of models
+            out.append(part)
+            model = model.item
+            continue
         fields = _model_fields(model)
         if fields is None:
             out.append(part)
@@ -77,6 +83,9 @@ def _user_loc(root: type[BaseModel], loc: tuple[str, ...]) -> tuple[str, ...]:
 def _fields_at(root: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
     model: Any = root
     for part in loc:
+        if isinstance(model, _ListOf) and part.isdigit():
+            model = model.item
+            continue
         fields = _model_fields(model)
         if isinstance(model, list) and not (fields and part in fields):
             model = next((m for m in model if _tag(m) == part), None)
@@ -86,6 +95,13 @@ def _fields_at(root: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
         model = fields.get(part) if fields else None
     fields = _model_fields(model)
     return list(fields) if fields else []
+
+
+class _ListOf:
+    """A list of models (or of a union of them) in a spec: its items' locations are indices."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
 
 
 def _model_fields(model: Any) -> dict[str, Any] | None:
@@ -105,8 +121,17 @@ def _nested(ann: Any) -> Any:
     if origin is Annotated:
         return _nested(typing.get_args(ann)[0])
     if origin in (Union, types.UnionType):
-        models = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        models: list[Any] = []
+        for a in typing.get_args(ann):
+            inner = _nested(a)
+            if isinstance(inner, list):
+                models += inner
+            elif isinstance(inner, type | _ListOf):
+                models.append(inner)
         return models[0] if len(models) == 1 else (models or None)
+    if origin is list:
+        inner = _nested(typing.get_args(ann)[0])
+        return _ListOf(inner) if inner is not None else None
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     return None
@@ -115,7 +140,7 @@ def _nested(ann: Any) -> Any:
 def _tag(model: Any) -> str | None:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return None
-    f = model.model_fields.get("kind")
+    f = model.model_fields.get("kind") or model.model_fields.get("strategy")
     return f.default if f is not None else None
 
 

@@ -15,6 +15,9 @@ from .config_errors import _Strict
 class _RemoteTeacher(_Strict):
     """What every HTTP teacher shares: speed, retries, money. Secrets are named by variable, never written."""
 
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="its name under teachers: (rows record it)"
+    )
     headers: dict[str, str] = Field({}, description="extra HTTP headers (no secrets: this goes to job.yaml)")
     headers_env: dict[str, str] = Field({}, description="header name -> NAME of the env variable holding its value")
     extra_body: dict[str, Any] = Field({}, description="extra JSON fields merged into every request body")

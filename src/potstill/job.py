@@ -171,8 +171,9 @@ class DistillationJob:
 
     def __repr__(self) -> str:
         s = self.spec
+        teacher = s.teacher.model if s.teacher is not None else [t.model for t in s.teacher_list()]
         return (
-            f"DistillationJob(name={s.name!r}, task_type={s.task_type!r}, teacher={s.teacher.model!r}, "
+            f"DistillationJob(name={s.name!r}, task_type={s.task_type!r}, teacher={teacher!r}, "
             f"student={s.student.model!r})"
         )
 

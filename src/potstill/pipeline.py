@@ -47,15 +47,18 @@ def _stage_inputs(name: str, spec: JobSpec) -> Any:
     d = spec.public_dict()
     match name:
         case "generate":
-            return [
+            inputs = [
                 d["task_type"],
-                d["teacher"],
+                d.get("teacher"),
                 d.get("prompts"),
                 d["generation"],
                 spec.sampling_temperature,
                 file_digest(spec.data.training),
                 file_digest(spec.data.validation),
             ]
+            if spec.teachers is not None:  # several teachers (only then: one teacher's fingerprint stays as it was)
+                inputs += [d["teachers"], d.get("teaching")]
+            return inputs
         case "validate":
             return [d["filters"]]
         case "train":

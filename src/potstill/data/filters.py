@@ -115,6 +115,7 @@ def training_rows(row: Row, task: Task, cot: str) -> list[dict[str, Any]]:
                 "answer": row["answer"],
                 "reference": row.get("reference"),
                 **({"logprobs": row["logprobs"]} if full_output and row.get("logprobs") else {}),
+                **{k: row[k] for k in ("teacher", "chosen") if k in row},  # several teachers: whose, and why
             }
         )
     return out
@@ -141,6 +142,7 @@ def run_validate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
                         "output": r.get("output"),
                         "answer": r["answer"],
                         "reference": r.get("reference"),
+                        **({"teacher": r["teacher"]} if "teacher" in r else {}),
                     }
                 )
             n_train = 0

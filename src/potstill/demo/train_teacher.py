@@ -51,7 +51,12 @@ def train_teacher(
     precision: str = "no",
     checkpoints: Path | None = None,
     log: Any = print,
+    schedule: str = "cosine",
+    packing: int = 0,
+    weights: str = "bfloat16",
 ) -> dict[str, Any]:
+    """``packing``: pack answers into rows of this many tokens (0: one answer a row); ``weights``: the saved
+    dtype (bfloat16 halves the file; a small model keeps its accuracy only in float32)."""
     import torch
 
     from ..train.data import encode_chat
@@ -66,13 +71,18 @@ def train_teacher(
     n_params = sum(p.numel() for p in model.parameters())
     log(f"teacher: {n_params / 1e6:.2f}M parameters, {len(data)} labelled rows, {steps} steps")
     enc = [encode_chat(tok, chat(r), 192) for r in data]
+    if packing:
+        from ..train.packing import pack
+
+        enc = pack(enc, packing)
     val = [encode_chat(tok, chat(r), 192) for r in problems(256, seed=seed + 20, exclude=held)]
     cfg = FitConfig(
         learning_rate=lr,
         batch_size=batch_size,
         num_epochs=1000,
         max_steps=steps,
-        warmup_ratio=0.03,
+        warmup_ratio=0.03 if schedule == "cosine" else 0.05,
+        lr_schedule=schedule,
         weight_decay=0.1,
         eval_every=max(1, steps // 10),
         save_every=200 if checkpoints else 10**9,
@@ -93,7 +103,7 @@ def train_teacher(
             else None
         ),
     )
-    model = model.to(torch.bfloat16)  # halves the checkpoint; evaluation loads it in float32
+    model = model.to(getattr(torch, weights))  # bfloat16 halves the checkpoint; evaluation loads it in float32
     save_model(model, tok, out)
     sample = problems(500, seed=SAMPLE_SEED)
     acc = accuracy(out, sample)
@@ -108,6 +118,9 @@ def train_teacher(
         "learning_rate": lr,
         "seed": seed,
         "precision": precision,
+        **({"schedule": schedule} if schedule != "cosine" else {}),
+        **({"packing": packing} if packing else {}),
+        **({"weights": weights} if weights != "bfloat16" else {}),
         "train_seconds": round(time.time() - t0, 1),
         "val_loss": res["val_loss"],
         "sample_seed": SAMPLE_SEED,
@@ -133,9 +146,25 @@ def main() -> None:
     ap.add_argument("--precision", default="no", help="no | bf16 (autocast; slower on this demo's 2-core CPU)")
     ap.add_argument("--checkpoints", type=Path, default=None, help="resumable checkpoints every 200 steps here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--schedule", default="cosine", help="cosine | linear (the demo students' recipe)")
+    ap.add_argument("--packing", type=int, default=0, help="pack answers into rows of N tokens (0: one a row)")
+    ap.add_argument("--weights", default="bfloat16", help="saved dtype: bfloat16 | float32 (small models)")
     a = ap.parse_args()
     train_teacher(
-        a.out, a.hidden, a.layers, a.heads, a.rows, a.steps, a.batch_size, a.lr, a.seed, a.precision, a.checkpoints
+        a.out,
+        a.hidden,
+        a.layers,
+        a.heads,
+        a.rows,
+        a.steps,
+        a.batch_size,
+        a.lr,
+        a.seed,
+        a.precision,
+        a.checkpoints,
+        schedule=a.schedule,
+        packing=a.packing,
+        weights=a.weights,
     )
 
 

@@ -69,7 +69,10 @@ def compare(
     rows: list[dict[str, Any]], verdicts: dict[str, list[bool | None]], samples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """The flat keys are the distilled student's; ``by_model`` holds the same for every non-teacher row."""
-    by_role = {r["role"]: r for r in rows if r["role"] != "extra"}
+    by_role: dict[str, dict[str, Any]] = {}
+    for r in rows:  # the first of a role: with several teachers, the reference teacher's row comes first
+        if r["role"] != "extra":
+            by_role.setdefault(r["role"], r)
     teacher, baseline = by_role.get("teacher"), by_role.get("baseline")
     by_model = {
         r["name"]: versus(r, teacher, baseline, verdicts, samples, seed) for r in rows if r["role"] != "teacher"

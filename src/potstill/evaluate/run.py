@@ -59,21 +59,35 @@ class Candidate:
     tokenizer: str | None
     device: str
     dtype: str = "auto"
+    teacher: str | None = None  # several teachers: the teacher's name (its own row)
 
 
 def candidates(spec: JobSpec, rd: RunDir) -> list[Candidate]:
     ev, st = spec.evaluation, spec.student
     out = []
     if ev.teacher:
-        t = spec.teacher
-        out.append(Candidate("teacher", "teacher", t.model, getattr(t, "tokenizer", None), getattr(t, "device", "")))
-        if isinstance(t, HFTeacher):
-            out[-1].dtype = t.dtype
+        for row, name, t in teacher_rows(spec):
+            out.append(Candidate(row, "teacher", t.model, getattr(t, "tokenizer", None), getattr(t, "device", "")))
+            out[-1].teacher = name
+            if isinstance(t, HFTeacher):
+                out[-1].dtype = t.dtype
     if ev.baseline:
         out.append(Candidate("baseline", "baseline", st.model, st.tokenizer, st.device))
     out.append(Candidate("distilled", "distilled", str(rd.student), None, st.device))
     out += [Candidate(m.name, "extra", resolve(m.model, rd.root), m.tokenizer, m.device) for m in ev.models]
     return out
+
+
+def teacher_rows(spec: JobSpec) -> list[tuple[str, str | None, Any]]:
+    """(row name, teacher name, teacher) per teacher: one teacher is "teacher"; of several, the reference one
+    (config_teachers.reference_teacher) is "teacher", first, and each other is "teacher-<name>"."""
+    if spec.teachers is None:
+        return [("teacher", None, spec.teacher)]
+    from ..config_teachers import reference_teacher
+
+    ref = reference_teacher(spec.teacher_list(), spec.teaching)
+    named = spec.named_teachers()
+    return [("teacher", ref, named[ref])] + [(f"teacher-{n}", n, t) for n, t in named.items() if n != ref]
 
 
 def evaluate_local(cand: Candidate, convs: list[Conversation], spec: JobSpec) -> tuple[dict[str, Any], list[str]]:
@@ -225,19 +239,24 @@ def run_evaluate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         rd.event("evaluate", "model_start", model=cand.name)
         if cand.role == "teacher":
             convs = [teacher_messages(m, task) for m in raw_convs]
-            if isinstance(spec.teacher, HFTeacher):
+            tspec = spec if cand.teacher is None else spec.for_teacher(cand.teacher)
+            if isinstance(tspec.teacher, HFTeacher):
                 row, texts = evaluate_local(cand, convs, spec)
             else:
-                row, texts = evaluate_api_teacher(spec, rd, convs, ledger)
-            row["cost_per_1k_answers_usd"] = cost_per_1k(ledger)
+                row, texts = evaluate_api_teacher(tspec, rd, convs, ledger)
+            mine = ledger if cand.teacher is None else ((ledger or {}).get("teachers") or {}).get(cand.teacher)
+            row["cost_per_1k_answers_usd"] = cost_per_1k(mine)
+            if cand.teacher is not None:
+                row["teacher"] = cand.teacher
         else:
             if is_exported(cand.model):  # potstill export's onnx / onnx-int8 folder
                 row, texts = evaluate_exported(cand.model, student_convs, spec.evaluation)
             else:
                 row, texts = evaluate_local(cand, student_convs, spec)
             row["cost_per_1k_answers_usd"] = None
-        scores, parsed, correct = score_row(task, spec, texts, refs, teacher_parsed, cand.role == "teacher")
-        if cand.role == "teacher":
+        is_ref = cand.role == "teacher" and teacher_parsed is None
+        scores, parsed, correct = score_row(task, spec, texts, refs, teacher_parsed, is_ref)
+        if cand.role == "teacher" and teacher_parsed is None:  # several teachers: the first is the reference
             teacher_parsed = parsed
         rows.append({"name": cand.name, "role": cand.role, "model": cand.model, **scores, **row})
         verdicts[cand.name] = correct

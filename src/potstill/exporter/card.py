@@ -56,6 +56,9 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
     spec = yaml.safe_load((run_root / "job.yaml").read_text()) if run_root and (run_root / "job.yaml").exists() else {}
     name = spec.get("name") or manifest.get("name", "model")
     teacher, student = spec.get("teacher", {}), spec.get("student", {})
+    if not teacher and spec.get("teachers"):  # several teachers (docs/teachers.md)
+        strategy = (spec.get("teaching") or {}).get("strategy", "route")
+        teacher = {"model": "`, `".join(str(t.get("model")) for t in spec["teachers"]), "kind": strategy}
     front = {"library_name": "transformers", "tags": ["potstill", "distillation", "text-generation"]}
     if student.get("model"):
         front["base_model"] = student["model"]

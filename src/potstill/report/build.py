@@ -24,6 +24,7 @@ from ..run_dir import RunDir, read_jsonl
 from ..train.advice import still_improving
 from . import plots
 from .tables import comparison_rows, derived_lines, derived_table, fmt, funnel_rows, ledger_rows, markdown_table
+from .teaching import teaching_markdown, teaching_section
 from .tuning import render_tuning, tuning_notes
 
 
@@ -75,15 +76,19 @@ def load_context(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "ledger": generation_ledger(rd),
         "targets": _json(rd.eval / "targets.json").get("targets") or [],
         "tuning": _json(rd.root / "tune" / "summary.json"),
+        "teaching": teaching_section(rd.root),  # several teachers (report/teaching.py), else None
     }
 
 
 def _summary(ctx: dict[str, Any]) -> str:
     job, res = ctx["job"], ctx["results"]
-    teacher = (job.get("teacher") or {}).get("model", "?")
+    teacher = f"`{(job.get('teacher') or {}).get('model', '?')}`"
+    if job.get("teachers"):  # several teachers
+        names = ", ".join(f"{t.get('name')} `{t.get('model')}`" for t in job["teachers"])
+        teacher = f"{(job.get('teaching') or {}).get('strategy', 'route')} over {names}"
     student = (job.get("student") or {}).get("model", "?")
     return (
-        f"Task **{res.get('task_type')}** · teacher `{teacher}` → student `{student}` · evaluated on "
+        f"Task **{res.get('task_type')}** · teacher {teacher} → student `{student}` · evaluated on "
         f"{res.get('rows')} {res.get('split')} rows (accuracy against the {res.get('scored_against')}) · "
         f"greedy, max_new_tokens {res.get('max_new_tokens')}, batch size {res.get('batch_size')} for throughput."
     )
@@ -155,6 +160,7 @@ def render_markdown(
         parts += ["## Teacher outputs kept", "", markdown_table(*funnel_rows(ctx["filter_report"])), ""]
     if ctx["ledger"]:
         parts += ["## Generation ledger", "", markdown_table(*ledger_rows(ctx["ledger"])), ""]
+    parts += teaching_markdown(ctx.get("teaching"))
     if tuning := _tuning(ctx):
         header, rows, title = tuning
         parts += [
@@ -202,6 +208,7 @@ def render_html(
         figures=_embedded(figures),
         funnel=funnel_rows(ctx["filter_report"]) if ctx["filter_report"] else None,
         ledger=ledger_rows(ctx["ledger"]) if ctx["ledger"] else None,
+        teaching=ctx.get("teaching"),
         stages=_stage_rows(ctx),
         tuning=_tuning(ctx),
         tuning_figures=_embedded(tune_figures or {}),

@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS calls (
 """
 
 
+def extra_fields(logprobs: dict[str, Any] | None, mean_logprob: float | None) -> dict[str, Any] | None:
+    """A row's ``extra``: the top-k logprobs (logit distillation), the answer's mean token logprob."""
+    out = {k: v for k, v in (("logprobs", logprobs), ("mean_logprob", mean_logprob)) if v is not None}
+    return out or None
+
+
 def request_key(request: dict[str, Any]) -> str:
     canon = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
@@ -108,6 +114,23 @@ class RequestCache:
             "completion_tokens": ct or 0,
             "mean_latency_s": lat,
             "cost_usd": cost,
+        }
+
+    def stats_by_teacher(self) -> dict[str, dict[str, Any]]:
+        """The ledger per named teacher (the "teacher" of each request; requests without one are left out)."""
+        q = (
+            "SELECT json_extract(request, '$.teacher') AS t, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), "
+            "AVG(latency_s), SUM(cost_usd) FROM calls WHERE t IS NOT NULL GROUP BY t ORDER BY t"
+        )
+        return {
+            t: {
+                "calls": calls,
+                "prompt_tokens": pt or 0,
+                "completion_tokens": ct or 0,
+                "mean_latency_s": lat,
+                "cost_usd": cost,
+            }
+            for t, calls, pt, ct, lat, cost in self.conn.execute(q)
         }
 
     @staticmethod

@@ -29,7 +29,7 @@ from ..data.tasks import Task, task_for, teacher_messages
 from ..errors import TeacherError
 from ..progress import progress
 from ..run_dir import RunDir
-from .cache import RequestCache, request_key
+from .cache import RequestCache, extra_fields, request_key
 
 
 @dataclass
@@ -41,10 +41,12 @@ class Request:
 
 
 def request_body(spec: JobSpec, messages: list[dict[str, str]], sample: int) -> dict[str, Any]:
-    """The canonical request (the cache key hashes it): model, messages, sampling, sample index, logprobs."""
-    gen = spec.generation
+    """The canonical request (the cache key hashes it): model, messages, sampling, sample index, logprobs, and
+    the teacher's name when it has one."""
+    gen, t = spec.generation, spec.teacher
+    assert t is not None, "one teacher's request: see JobSpec.for_teacher"
     body = {
-        "model": spec.teacher.model,
+        "model": t.model,
         "messages": messages,
         "temperature": spec.sampling_temperature,
         "top_p": gen.top_p,
@@ -55,6 +57,8 @@ def request_body(spec: JobSpec, messages: list[dict[str, str]], sample: int) -> 
     }
     if gen.logprobs:  # only when set, so the keys of earlier runs stay valid
         body["logprobs"] = gen.logprobs
+    if t.name is not None:  # a named teacher (teachers:): its identity is part of every key
+        body["teacher"] = spec.teacher.name
     return body
 
 
@@ -109,6 +113,8 @@ class Answerer:
 
         t, gen = self.spec.teacher, self.spec.generation
         assert isinstance(t, HFTeacher)
+        # top-k logprobs (generation.logprobs), else the picked tokens' own when a request asks for them (0)
+        k = gen.logprobs or (0 if any(r.body.get("token_logprobs") for r in pending) else None)
         if self._local is None:
             self._local = LocalModel.load(t.model, t.tokenizer, t.device, t.dtype)
         lm, bs = self._local, t.batch_size
@@ -130,7 +136,8 @@ class Answerer:
                         "prompt_tokens": o.prompt_tokens,
                         "completion_tokens": o.completion_tokens,
                         "latency_s": o.latency_s,
-                        "extra": {"logprobs": o.logprobs} if o.logprobs else None,
+                        "cost_usd": local_cost(t, o.prompt_tokens, o.completion_tokens),
+                        "extra": extra_fields(o.logprobs, o.mean_logprob),
                     },
                 )
                 for r, o in group
@@ -152,11 +159,18 @@ class Answerer:
                 top_p=gen.top_p,
                 batch_size=bs,
                 seeds=[int(r.key[:15], 16) for r in pending],
-                logprobs=gen.logprobs,
+                logprobs=k,
                 done=ended,
             )
             if group:
                 commit()
+
+
+def local_cost(t: HFTeacher, pt: int | None, ct: int | None) -> float | None:
+    """What a priced local teacher's answer cost (its compute, at the prices the job gives it)."""
+    if t.input_price_per_mtok is None and t.output_price_per_mtok is None:
+        return None
+    return ((pt or 0) * (t.input_price_per_mtok or 0.0) + (ct or 0) * (t.output_price_per_mtok or 0.0)) / 1e6
 
 
 def output_row(r: Request, ans: Answers) -> dict[str, Any]:
@@ -171,14 +185,24 @@ def output_row(r: Request, ans: Answers) -> dict[str, Any]:
         "completion_tokens": hit["completion_tokens"] if hit else None,
         "reference": ex.reference if ex else None,
     }
+    if r.body.get("teacher") is not None:
+        row["teacher"] = r.body["teacher"]
     if hit is None:
         row["error"] = ans.failures.get(r.key, "no answer")
-    elif (hit.get("extra") or {}).get("logprobs"):
-        row["logprobs"] = hit["extra"]["logprobs"]
+    else:
+        extra = hit.get("extra") or {}
+        if extra.get("logprobs"):
+            row["logprobs"] = extra["logprobs"]
+        if extra.get("mean_logprob") is not None:
+            row["mean_logprob"] = extra["mean_logprob"]
     return row
 
 
 def run_generate(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
+    if spec.teachers is not None:  # several teachers: route, cascade or pool (teachers/multi.py)
+        from .multi import run_generate_multi
+
+        return run_generate_multi(spec, rd)
     task = task_for(spec)
     counts: dict[str, Any] = {}
     total = failed = 0

@@ -33,6 +33,7 @@ class Completion:
     completion_tokens: int
     latency_s: float
     logprobs: dict[str, Any] | None = None  # {"tokens", "top", "token_ids", "top_ids"} (see teachers/generate.py)
+    mean_logprob: float | None = None  # the mean of the picked tokens' logprobs (when logprobs were asked, 0 too)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -199,5 +200,9 @@ class LocalModel:
                 "token_ids": o.tokens,
                 "top_ids": top_ids,
             }
+        from ..decode.engine import NO_LOGPROB
+
         finish = "length" if o.finish == "length" else "stop"
-        return Completion(text.strip(), finish, prompt_tokens, len(o.tokens), o.seconds, lp)
+        known = [v for v in o.chosen or () if v > NO_LOGPROB]  # the generic loop knows only a top-1 pick's
+        mean = round(sum(known) / len(known), 4) if known else None
+        return Completion(text.strip(), finish, prompt_tokens, len(o.tokens), o.seconds, lp, mean)

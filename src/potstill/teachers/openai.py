@@ -22,7 +22,7 @@ from ..config import AzureOpenAITeacher, JobSpec, OpenAITeacher
 from ..errors import TeacherError
 from ..progress import progress
 from ..run_dir import RunDir
-from .cache import RequestCache
+from .cache import RequestCache, extra_fields
 from .engine import Budget, Engine, Job, Outcome, RetryPolicy, Server, run_sync
 from .wire import RemoteTeacher, classify, wire_body
 
@@ -98,7 +98,8 @@ def answer_remote(
         j.cost_bound = cost_bound(t, j.body, len(j.items))
     limit = t.concurrency or spec.generation.concurrency
     servers = [Server(u, limit) for u in t.urls]
-    spent = cache.stats()["cost_usd"] or 0.0
+    # a named teacher (one of several) spends its own budget: only its calls count
+    spent = ((cache.stats_by_teacher().get(t.name) or {}) if t.name else cache.stats()).get("cost_usd") or 0.0
     policy = RetryPolicy(t.max_retries, t.retry_backoff_s, t.max_backoff_s)
     engine = Engine(servers, policy=policy, budget=Budget(t.budget_usd, spent))
     res = engine.result
@@ -118,7 +119,7 @@ def answer_remote(
                     "completion_tokens": a.completion_tokens,
                     "latency_s": out.latency_s,
                     "cost_usd": c,
-                    "extra": {"logprobs": a.logprobs} if a.logprobs else None,
+                    "extra": extra_fields(a.logprobs if r.body.get("logprobs") else None, a.mean_logprob),
                 }
                 rows.append((r.key, r.body, a.text, fields))
             cache.put_many(rows)
@@ -145,7 +146,8 @@ def answer_remote(
         run_sync(main)
     if res.stopped == "budget":
         raise TeacherError(
-            f"budget reached: ${engine.budget.spent:.4f} spent of teacher.budget_usd=${t.budget_usd:g}; "
+            f"budget reached: ${engine.budget.spent:.4f} spent of "
+            f"{f'teacher {t.name!r}: ' if t.name else 'teacher.'}budget_usd=${t.budget_usd:g}; "
             f"{len(reqs) - res.answered - res.failed} rows not sent. Raise budget_usd and run again to resume "
             "(answered rows are cached)"
         )

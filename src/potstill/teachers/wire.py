@@ -45,6 +45,7 @@ class Answer:
     prompt_tokens: int | None
     completion_tokens: int | None
     logprobs: dict[str, Any] | None = None
+    mean_logprob: float | None = None  # the mean of the picked tokens' logprobs, when the server sent them
 
 
 class Malformed(ValueError):
@@ -53,10 +54,13 @@ class Malformed(ValueError):
 
 def wire_body(t: RemoteTeacher, body: dict[str, Any], n: int = 1) -> dict[str, Any]:
     """The JSON sent: the cache body minus our own fields; a sample index shifts the seed so samples differ."""
-    out = {k: v for k, v in body.items() if k not in ("sample", "logprobs") and v is not None}
+    ours = ("sample", "logprobs", "teacher", "token_logprobs")
+    out = {k: v for k, v in body.items() if k not in ours and v is not None}
     out["seed"] = int(body.get("seed") or 0) + int(body.get("sample") or 0)
     if body.get("logprobs"):
         out["logprobs"], out["top_logprobs"] = True, int(body["logprobs"])
+    elif body.get("token_logprobs"):  # the picked tokens' logprobs only (a cascade's logprob check)
+        out["logprobs"] = True
     if n > 1:
         out["n"] = n
     if isinstance(t, AzureOpenAITeacher):
@@ -118,7 +122,15 @@ def parse_choice(ch: dict[str, Any], i: int = 0) -> tuple[Answer, str | None]:
     if lp is not None and not isinstance(lp, dict):
         raise Malformed(f"choice {i}: logprobs is {_kind(lp)}, not an object")
     entries = (lp or {}).get("content")
-    return Answer(_clean(content), finish, None, None, _logprobs(entries, i) if entries else None), why
+    logprobs = _logprobs(entries, i) if entries else None
+    return Answer(_clean(content), finish, None, None, logprobs, _mean_picked(entries)), why
+
+
+def _mean_picked(entries: Any) -> float | None:
+    """The mean logprob of the picked tokens (each entry's own "logprob"); None when the server sent none."""
+    vals = [e.get("logprob") for e in entries or () if isinstance(e, dict)]
+    ok = [float(v) for v in vals if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    return round(sum(ok) / len(ok), 4) if ok else None
 
 
 def _logprobs(entries: Any, i: int) -> dict[str, Any]:

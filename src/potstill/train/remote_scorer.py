@@ -61,7 +61,7 @@ def parse_prompt_logprobs(body: Any, n: int) -> TopK:
 
 class RemoteScorer:
     def __init__(self, spec: JobSpec, k: int, transport: httpx.BaseTransport | None = None) -> None:
-        t = spec.teacher
+        t = spec.teacher_list()[0]
         assert isinstance(t, OpenAITeacher)
         self.t, self.k = t, k
         self.headers, self.secrets = credentials(t)

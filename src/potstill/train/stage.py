@@ -129,7 +129,7 @@ def build_distiller(spec: JobSpec, tok: Any, student: Any, device: torch.device)
         return None
     teacher = None
     if (hp.kd is not None and hp.kd.source == "teacher") or hp.hidden is not None:
-        t = spec.teacher
+        t = spec.teacher_list()[0]  # one teacher (the spec refuses a forward-pass teacher among several)
         check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
         teacher = load_causal_lm(t.model, device, pick_dtype(t.dtype, device))
     return Distiller(hp.kd, spec.kd_temperature, teacher=teacher, hidden=hp.hidden, student=student)
@@ -186,7 +186,7 @@ def build_on_policy(
     stops = stop_token_ids(tok)
     kw: dict[str, Any] = {"seed": hp.seed, "stop_ids": stops, "pad_id": tok.pad_token_id or 0}
     kw |= {"max_seq_len": hp.max_seq_len, "end_id": end_of_turn(rows, stops), "teacher_prompts": prompts}
-    t = spec.teacher
+    t = spec.teacher_list()[0]  # one teacher (the spec refuses on_policy with several)
     if t.kind == "hf":
         teacher = distiller.teacher if distiller is not None else None
         if teacher is None:
@@ -221,7 +221,7 @@ def teacher_prompts(spec: JobSpec, path: Path, tok: Any) -> dict[tuple[int, ...]
 def check_on_policy_teacher(spec: JobSpec) -> None:
     """ConfigError unless the teacher can score the student's tokens: a local teacher with the student's
     tokenizer, or a server whose probe request comes back with prompt logprobs (run before any stage)."""
-    st, t = spec.student, spec.teacher
+    st, t = spec.student, spec.teacher_list()[0]
     tok = load_tokenizer(st.tokenizer or st.model)
     if t.kind == "hf":
         try:
@@ -235,36 +235,72 @@ def check_on_policy_teacher(spec: JobSpec) -> None:
     RemoteScorer.probed(spec, tok).client.close()
 
 
-def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, int]]:
-    """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned."""
+def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, Any]]:
+    """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned, and
+    by_teacher: {teacher: [with_logprobs, aligned]} for rows that name their teacher (several teachers)."""
     rows: list[EncodedRow] = []
-    counts = {"truncated": 0, "with_logprobs": 0, "aligned": 0}
+    counts: dict[str, Any] = {"truncated": 0, "with_logprobs": 0, "aligned": 0, "by_teacher": {}}
     cache: dict[str, int | None] = {}
     for r in read_jsonl(path):
         enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
         counts["truncated"] += enc.truncated
         if logprobs and r.get("logprobs"):
             counts["with_logprobs"] += 1
-            counts["aligned"] += attach_logprobs(enc, r["logprobs"], tok, cache)
+            aligned = attach_logprobs(enc, r["logprobs"], tok, cache)
+            counts["aligned"] += aligned
+            if "teacher" in r:  # several teachers: each row carries its own teacher's logprobs
+                mine = counts["by_teacher"].setdefault(r["teacher"], [0, 0])
+                mine[0], mine[1] = mine[0] + 1, mine[1] + aligned
         if enc.n_target:
             rows.append(enc)
     return rows, counts
 
 
-def _check_logprobs(spec: JobSpec, counts: dict[str, int], tok: Any, path: Path) -> None:
+def _check_logprobs(spec: JobSpec, counts: dict[str, Any], tok: Any, path: Path) -> None:
     if counts["with_logprobs"] == 0:
         raise TrainingError(
             f"hyperparameters.kd.source is 'logprobs' but no row of {path} carries teacher logprobs: capture them "
             "at generation (generation.logprobs), or use kd.source: teacher with a local teacher"
         )
+    if spec.teachers is not None:
+        _check_teachers(spec, counts["by_teacher"], tok)
     if counts["aligned"] * 2 < counts["with_logprobs"]:
         raise TrainingError(
             f"only {counts['aligned']} of {counts['with_logprobs']} rows' teacher logprobs line up with the "
             "student's tokens: the teacher's tokenizer differs from the student's. Token-level distillation needs "
             "the same tokenizer; pick a student from the teacher's family or remove hyperparameters.kd"
         )
-    if spec.teacher.kind == "hf":
+    if spec.teacher is not None and spec.teacher.kind == "hf":
         check_tokenizers(tok, load_tokenizer(spec.teacher.tokenizer or spec.teacher.model))
+
+
+def _check_teachers(spec: JobSpec, by_teacher: dict[str, list[int]], tok: Any) -> None:
+    """Several teachers, logit distillation: each row's logits are its own teacher's, so every teacher whose
+    rows carry logprobs must share the student's tokenizer (a local one: the same vocabulary; a remote one: its
+    tokens line up with the student's). Answer-level rows (no kd) take any teacher."""
+    for name, t in spec.named_teachers().items():
+        seen, aligned = by_teacher.get(name, (0, 0))
+        if not seen:
+            continue
+        why = ""
+        if t.kind == "hf":
+            try:
+                check_tokenizers(tok, load_tokenizer(t.tokenizer or t.model))
+            except TrainingError as exc:
+                why = str(exc).split("; ")[0]
+        elif aligned * 2 < seen:
+            why = f"only {aligned} of its {seen} rows' logprobs line up with the student's tokens"
+        if why:
+            raise teacher_refused(name, why)
+
+
+def teacher_refused(name: str, why: str) -> TrainingError:
+    """One of several teachers cannot take part in logit distillation (its tokenizer is not the student's)."""
+    return TrainingError(
+        f"teacher {name!r} cannot be distilled token by token: {why}. Logit distillation (hyperparameters.kd) uses "
+        "each row's own teacher's logits and needs the student's tokenizer; keep this teacher for its answers by "
+        "removing hyperparameters.kd, or use a teacher of the student's family"
+    )
 
 
 def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
