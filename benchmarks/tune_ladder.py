@@ -29,6 +29,7 @@ import yaml
 from _tune_common import machine
 
 from potstill.config import validate_spec
+from potstill.data.tasks import teacher_messages
 from potstill.demo import RECIPE, SIZES, TEACHER_DIR, build_assets, demo_spec
 from potstill.demo.tiny import save_model, tiny_llama
 from potstill.pipeline import run_pipeline
@@ -58,9 +59,11 @@ def ladder(assets: Path, widths: list[int]) -> list[str]:
 
 
 def teacher_accuracy(spec: dict[str, Any]) -> float:
+    """The teacher on every validation row, asked as evaluation asks it (with the task's system prompt)."""
     model = load_causal_lm(str(TEACHER_DIR), torch.device("cpu"), torch.float32)
-    job = validate_spec(spec)
-    return MetricProbe(job, "accuracy", rows=10**6)(model)
+    probe = MetricProbe(validate_spec(spec), "accuracy", rows=10**6)
+    probe.convs = [teacher_messages(c, probe.task) for c in probe.convs]
+    return probe(model)
 
 
 def main() -> None:

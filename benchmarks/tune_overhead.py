@@ -7,12 +7,13 @@ A tiny teacher that has memorised 48 additions answers them; a tune of ``--trial
 log range, the median pruner) trains a random-init student ``--steps`` steps per trial in one process. Measured:
 
 - the search's wall time (tune/run.py's ``_search``: every trial, start to end, with Optuna around it);
-- each trial's train stage and evaluate stage (their elapsed_s in the trial's state.json): the work a plain run
-  of the same settings does;
+- each trial's run (its ``run_pipeline`` call: train → evaluate, what a plain run of the same settings does), and
+  within it the train and evaluate stages (their elapsed_s in the trial's state.json);
 - the pruning reports (the student answering ``--report-rows`` validation prompts ``--reports`` times per trial),
   timed inside the train stage.
 
-machinery = (search − Σ train − Σ evaluate) + Σ reports, printed against Σ train − Σ reports (the training alone).
+machinery = (search − Σ runs) + Σ reports: Optuna's storage and sampler, the trial folders, summary.json (with the
+parameter importances), the locks, and the reports; printed against Σ train − Σ reports (the training alone).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from _tune_common import machine
 from potstill.config import load_spec
 from potstill.tune import pruning
 from potstill.tune import run as tune_run
+from potstill.tune import trial as tune_trial
 from potstill.tune.run import run_tune
 
 PAIRS = [(a, b) for a in range(1, 10) for b in range(1, 10)][:64]
@@ -100,6 +102,13 @@ def job(root: Path, models: dict[str, Path], a: argparse.Namespace) -> Path:
     return path
 
 
+def _seconds(stage: dict[str, Any]) -> float:
+    """A stage's seconds; a pruned trial's train stage failed (TrialPruned): its start to its end."""
+    if stage.get("elapsed_s") is not None:
+        return float(stage["elapsed_s"])
+    return float((stage.get("finished") or 0.0) - (stage.get("started") or 0.0)) if stage.get("started") else 0.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
@@ -110,8 +119,15 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"machine: {machine()}; {a.threads} torch thread(s)", flush=True)
-    timed: dict[str, float] = {"search": 0.0, "reports": 0.0}
-    search, score = tune_run._search, pruning.Reporter.score
+    timed: dict[str, float] = {"search": 0.0, "reports": 0.0, "runs": 0.0}
+    search, score, pipeline = tune_run._search, pruning.Reporter.score, tune_trial.run_pipeline
+
+    def timed_pipeline(*args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return pipeline(*args, **kw)
+        finally:
+            timed["runs"] += time.perf_counter() - t0
 
     def timed_search(*args: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
@@ -128,6 +144,7 @@ def main() -> None:
             timed["reports"] += time.perf_counter() - t0
 
     tune_run._search = timed_search  # type: ignore[assignment]
+    tune_trial.run_pipeline = timed_pipeline  # type: ignore[assignment]
     pruning.Reporter.score = timed_score  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -137,21 +154,25 @@ def main() -> None:
         train = evaluate = 0.0
         for t in s["trials"]:
             stages = json.loads((rd / t["folder"] / "state.json").read_text())["stages"]
-            train += stages.get("train", {}).get("elapsed_s") or 0.0
-            evaluate += stages.get("evaluate", {}).get("elapsed_s") or 0.0
-    setup = timed["search"] - train - evaluate
+            train += _seconds(stages.get("train") or {})
+            evaluate += _seconds(stages.get("evaluate") or {})
+    setup = timed["search"] - timed["runs"]
     machinery = setup + timed["reports"]
     training = train - timed["reports"]
+    n = len(s["trials"])
     print(
         f"\n{len(s['trials'])} trials ({s['complete']} complete, {s['pruned']} pruned), {a.steps} steps each at most, "
         f"{a.reports} reports of {a.report_rows} rows"
     )
     print(f"search wall time            {timed['search']:8.1f} s")
-    print(f"  trials' training          {training:8.1f} s")
-    print(f"  trials' evaluation        {evaluate:8.1f} s   (validation split; a plain run evaluates too)")
+    print(f"  trials' runs              {timed['runs']:8.1f} s   (train -> evaluate, as plain runs)")
+    print(f"    training                {training:8.1f} s")
+    print(f"    evaluation              {evaluate:8.1f} s   (validation split)")
+    print(f"    the pipeline's own      {timed['runs'] - train - evaluate:8.1f} s   (state.json, job.yaml, inputs)")
     reports = timed["reports"]
     print(f"  pruning reports           {reports:8.1f} s   = {100 * reports / training:.1f} % of training")
-    print(f"  storage, sampler, setup   {setup:8.1f} s   = {100 * setup / training:.1f} % of training")
+    pct = 100 * setup / training
+    print(f"  storage, sampler, setup   {setup:8.1f} s   = {pct:.1f} % of training, {setup / n:.2f} s a trial")
     print(f"machinery overhead          {machinery:8.1f} s   = {100 * machinery / training:.1f} % of the training time")
     print(f"machine after: {machine()}")
 

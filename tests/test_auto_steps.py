@@ -223,3 +223,15 @@ def test_a_tune_trial_with_auto_steps_reports_at_each_validation(tiny_models: di
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{rd / 'tune' / 'study.sqlite'}")
     reported = study.trials[0].intermediate_values  # at optimiser steps, the values auto stopped on
     assert reported == {h["step"]: h["metric"] for h in ts["history"] if "metric" in h}
+
+
+def test_max_steps_auto_is_a_searchable_choice(tiny_models: dict, tmp_path: Path) -> None:
+    space = {"hyperparameters.max_steps": {"choices": ["auto", 40]}}
+    d = tune_job(tiny_models, tmp_path, space=space)
+    with pytest.raises(ConfigError, match=r"hyperparameters.max_steps = 'auto' makes the job invalid.*max_minutes"):
+        validate_spec(d)
+    d["hyperparameters"]["max_minutes"] = 5
+    spec = validate_spec(d)
+    assert spec.tune is not None and spec.tune.space["hyperparameters.max_steps"].choices == ["auto", 40]
+    with pytest.raises(ConfigError, match=r"max_steps: low: Input should be greater than or equal to 1"):
+        validate_spec(tune_job(tiny_models, tmp_path, space={"hyperparameters.max_steps": {"low": 0, "high": 40}}))
