@@ -38,6 +38,7 @@ from potstill.config import validate_spec
 from potstill.data.tasks import parse_math, to_number
 from potstill.demo import RECIPE, STUDENT, TEACHER_DIR, teacher_card
 from potstill.demo.task import SYSTEM, problems
+from potstill.errors import PotstillError
 from potstill.pipeline import run_pipeline
 
 CHEAP_DIR = Path(__file__).with_name("cheap_teacher")  # committed (1.4 MB); trained here when missing
@@ -168,7 +169,8 @@ def main() -> None:
         n: {"name": n, "kind": "hf", "model": str(d), "batch_size": 256, **prices(cards[n])}
         for n, d in (("strong", TEACHER_DIR), ("cheap", cheap))
     }
-    cpu = subprocess.run("lscpu | grep -E 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    lscpu = subprocess.run("lscpu | grep -E 'Model name'", shell=True, capture_output=True, text=True).stdout
+    cpu = lscpu.split(":", 1)[-1].strip() or "unknown CPU"
     flags = subprocess.run("lscpu | grep Flags", shell=True, capture_output=True, text=True).stdout
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     log(f"{cpu} ({simd}), {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
@@ -205,7 +207,12 @@ def main() -> None:
                 with sqlite3.connect(src) as a_db, sqlite3.connect(run / "teacher" / "cache.sqlite") as b_db:
                     a_db.backup(b_db)
         t1 = time.time()
-        run_pipeline(spec, run, only=["generate", "validate"], log=log)
+        try:
+            run_pipeline(spec, run, only=["generate", "validate"], log=log)
+        except PotstillError as exc:  # e.g. the unanimous pool keeps no row: say so, go on
+            results[name] = {"error": str(exc).splitlines()[0]}
+            log(f"{name}: {results[name]['error']}")
+            continue
         acc, kept, share = data_accuracy(run, truth)
         teaching = json.loads((run / "teacher" / "teaching.json").read_text())
         gen = json.loads((run / "state.json").read_text())["stages"]["generate"]["counts"]
@@ -252,6 +259,9 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | {r['error']} | | | | | |")
+            continue
         c = r["cost"] or {}
         student = r.get("models", {}).get("distilled")
         print(
