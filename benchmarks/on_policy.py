@@ -6,8 +6,9 @@
 1. Accuracy (the ``--quick`` demo: its 2,000 worked answers, its untrained 242K-parameter student, its recipe:
    16 packed rows of 192 tokens a step, lr 3e-3, linear decay; greedy accuracy on its 300 test problems). The
    student's rows have no system message (as the demo's data/train.jsonl); on-policy scoring gives the teacher
-   the demo's system prompt, as the train stage does (the prompt it was asked with at generation). Dense KD
-   runs the teacher on the student's rows as ``kd.source: teacher`` does today. SFT
+   the demo's system prompt, as the train stage does (the prompt it was asked with at generation); so does
+   dense KD (``kd.source: teacher``: the teacher reads each row after that prompt, its logits moved to the
+   student's positions). SFT
    trains the demo's 800 steps and sets the budget B. Dense logit KD (the committed teacher's forward pass,
    forward KL, alpha 0.5, T 1) and on-policy distillation (an SFT warm-up of half SFT's steps, then steps that are
    on-policy with probability lmbda 0.5 or 1.0: the student samples its answers at T 0.9, the teacher scores them,
@@ -55,7 +56,7 @@ from potstill.demo.task import SYSTEM
 from potstill.demo.tiny import tiny_llama
 from potstill.teachers.hf import load_causal_lm, load_tokenizer
 from potstill.train.data import encode_chat
-from potstill.train.kd import Distiller
+from potstill.train.kd import Distiller, attach_teacher_prompt
 from potstill.train.on_policy import OnPolicy, end_of_turn, prompts_of
 from potstill.train.packing import pack
 from potstill.train.trainer import FitConfig, fit
@@ -106,6 +107,10 @@ class Bench:
             msgs = [{"role": "system", "content": SYSTEM}, *chat(r, False)]
             text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             self.asked[tuple(prompts_of(row)[0])] = self.tok(text, add_special_tokens=False)["input_ids"]
+        told = copy.deepcopy(rows)  # dense KD: each row also as the teacher was asked it
+        for row in told:
+            attach_teacher_prompt(row, self.asked[tuple(prompts_of(row)[0])])
+        self.kd_packed = pack(told, RECIPE["max_seq_len"])
 
     def student(self) -> Any:
         return tiny_llama(self.tok, **STUDENT, max_positions=256, seed=1)
@@ -122,7 +127,8 @@ class Bench:
     def train(self, model: Any, steps: int, **kw: Any) -> tuple[float, float, dict[str, Any]]:
         """(CPU seconds, wall seconds, fit's result)."""
         t0, c0 = time.perf_counter(), time.process_time()
-        res = fit(model, self.packed, [], cfg(steps), self.tok.pad_token_id, **kw)
+        rows = self.kd_packed if kw.get("distiller") is not None else self.packed
+        res = fit(model, rows, [], cfg(steps), self.tok.pad_token_id, **kw)
         return time.process_time() - c0, time.perf_counter() - t0, res
 
     def score(self, model: Any) -> float:

@@ -261,13 +261,13 @@ def test_the_stage_finds_the_prompt_the_teacher_was_asked_with(tiny_models: dict
     from conftest import job_dict
 
     from potstill.pipeline import run_pipeline
-    from potstill.train.stage import teacher_prompts
+    from potstill.train.stage import encode_split, teacher_prompts
 
     d = job_dict(tiny_models, tmp_path / "data")
     spec = validate_spec(d)
     rd = run_pipeline(spec, tmp_path / "run", only=["generate", "validate"])
     tok = load_tokenizer(str(tiny_models["student"]))
-    asked = teacher_prompts(spec, rd.data / "train.jsonl", tok)
+    asked = teacher_prompts(encode_split(spec, rd.data / "train.jsonl", tok, False, asked=True)[0])
     assert len(asked) == len(QUESTIONS)
     for mine, theirs in asked.items():
         assert "Answer." not in tok.decode(list(mine)) and "<|system|>\nAnswer." in tok.decode(theirs)

@@ -30,6 +30,12 @@ class EncodedRow:
     top_start: int = 0
     # packed rows (packing.py): positions restart at 0 for each example
     position_ids: list[int] | None = None
+    # the row as the teacher was asked it (its own prompt, e.g. with the task's system message): teacher_ids are
+    # the teacher's tokens, teacher_at[j] the teacher position of student position j (-1: none), teacher_pos its
+    # position ids (packed rows). None: the teacher reads input_ids (kd.attach_teacher_prompt)
+    teacher_ids: list[int] | None = None
+    teacher_at: list[int] | None = None
+    teacher_pos: list[int] | None = None
 
     @property
     def n_target(self) -> int:
@@ -95,6 +101,13 @@ class RowTensors:
     top_ids: torch.Tensor | None  # [m, k] long: candidates for positions top_start .. top_start + m - 1
     top_lp: torch.Tensor | None  # [m, k] float, -inf in unused slots
     top_start: int
+    t_ids: torch.Tensor | None = None  # [m] long: the teacher's version of the row (EncodedRow.teacher_ids)
+    t_at: torch.Tensor | None = None  # [n] long: teacher position of each student position, -1 where none
+    t_pos: torch.Tensor | None = None  # [m] long: the teacher row's position ids (packed rows)
+
+
+def _long(x: list[int] | None) -> torch.Tensor | None:
+    return None if x is None else torch.tensor(x, dtype=torch.long)
 
 
 def row_tensors(r: EncodedRow) -> RowTensors:
@@ -120,6 +133,9 @@ def row_tensors(r: EncodedRow) -> RowTensors:
         top_ids,
         top_lp,
         r.top_start,
+        _long(r.teacher_ids),
+        _long(r.teacher_at),
+        _long(r.teacher_pos),
     )
 
 
@@ -154,6 +170,29 @@ def collate_tensors(rows: list[RowTensors], pad_id: int) -> dict[str, torch.Tens
             top_ids[i, r.top_start : r.top_start + n, : r.top_ids.size(1)] = r.top_ids[:n]
             top_lp[i, r.top_start : r.top_start + n, : r.top_lp.size(1)] = r.top_lp[:n]
         out["top_ids"], out["top_lp"] = top_ids, top_lp
+    if any(r.t_ids is not None for r in rows):
+        out |= _teacher_rows(rows, pad_id)
+    return out
+
+
+def _teacher_rows(rows: list[RowTensors], pad_id: int) -> dict[str, torch.Tensor]:
+    """The teacher's rows of a batch where some row was asked with another prompt: ``t_input_ids`` with
+    ``t_attention_mask`` (or ``t_position_ids`` when packed), and ``t_at`` [B, W]: the teacher position holding
+    each student position's logits (-1: none; rows without their own version map to themselves)."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    ids = [r.t_ids if r.t_ids is not None else r.ids for r in rows]
+    lens = torch.tensor([len(x) for x in ids])
+    real = torch.arange(int(lens.max())) < lens[:, None]
+    at = [r.t_at if r.t_at is not None else torch.arange(len(r.ids)) for r in rows]
+    out = {"t_input_ids": pad(ids, batch_first=True, padding_value=pad_id)}
+    out["t_at"] = pad(at, batch_first=True, padding_value=-1)  # one per student position: W wide
+    if any(r.position_ids is not None for r in rows):
+        own = [r.position_ids if r.position_ids is not None else torch.arange(len(r.ids)) for r in rows]
+        pos = [r.t_pos if r.t_pos is not None else p for r, p in zip(rows, own, strict=True)]
+        col = torch.arange(real.shape[1])
+        out["t_position_ids"] = torch.where(real, pad(pos, batch_first=True), col - lens[:, None])
+    else:
+        out["t_attention_mask"] = real.long()
     return out
 
 

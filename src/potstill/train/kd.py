@@ -2,6 +2,7 @@
 
     check_tokenizers(student_tok, teacher_tok)           # TrainingError unless token ids mean the same text
     attach_logprobs(enc, row["logprobs"], student_tok)    # align captured top-k logprobs with the student's tokens
+    attach_teacher_prompt(enc, asked)                     # the teacher reads the row after the prompt it was asked
     d = Distiller(kd_spec, temperature, teacher=None|model, hidden=None|spec, student=model)
     sums = d.step_losses(student_out, batch)              # {"kd": summed KD loss, "hidden": summed hidden loss}
 
@@ -101,6 +102,27 @@ def attach_logprobs(enc: EncodedRow, lp: dict[str, Any], tok: Any, cache: dict[s
     return True
 
 
+def attach_teacher_prompt(enc: EncodedRow, asked: list[int]) -> None:
+    """Give ``enc`` the teacher's version of the row: the prompt the teacher was asked with (``asked``: e.g. the
+    task's system message first), then the row's final answer, so a local teacher's logits (kd.source: teacher,
+    hidden) are the ones it had when it wrote that answer. Student positions map to teacher positions by a shift
+    over the answer and the prompts' common tail; earlier positions (where the prompts differ) get none (-1) and
+    carry no KD loss."""
+    start = last_target_start(enc.labels)
+    if start is None:
+        return
+    mine = enc.input_ids[:start]
+    if asked == mine:
+        return
+    common = 0
+    while common < min(len(mine), len(asked)) and mine[-1 - common] == asked[-1 - common]:
+        common += 1
+    first = min(start - common, max(start - 1, 0))  # the last prompt position predicts the answer's first token
+    shift = len(asked) - start
+    enc.teacher_ids = asked + enc.input_ids[start:]
+    enc.teacher_at = [j + shift if j >= first else -1 for j in range(len(enc.input_ids))]
+
+
 def target_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """[B, W-1] bool: the positions whose next token is a target (the CE positions)."""
     return batch["labels"][:, 1:] != IGNORE
@@ -153,29 +175,32 @@ class Distiller(torch.nn.Module):
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         """Positions each loss is averaged over, known before the forward pass (for accumulation scaling)."""
         out = {}
+        seen = _teacher_sees(batch) if self.teacher is not None else None
         if self.kd is not None:
             m = target_mask(batch)
             if self.kd.source == "logprobs":
                 m = m & _has_top(batch)
+            elif seen is not None:
+                m = m & seen
             out["kd"] = int(m.sum())
         if self.hidden is not None:
-            out["hidden"] = int(token_mask(batch).sum())
+            m = token_mask(batch)
+            out["hidden"] = int((m if seen is None else m & seen).sum())
         return out
 
     def step_losses(self, out: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Summed KD and hidden losses for one micro-batch, given the student's forward output."""
         res: dict[str, torch.Tensor] = {}
-        t_out = None
+        t_logits = t_hidden = seen = None
         if self.teacher is not None:
-            with torch.no_grad():
-                t_out = self.teacher(**model_inputs(batch), output_hidden_states=self.hidden is not None)
+            t_logits, t_hidden, seen = self._teacher_pass(batch)
         logits = out.logits[:, :-1]
         if self.kd is not None:
             kw = {"kind": self.kd.loss, "temperature": self.temperature, "beta": self.kd.beta, "reduction": "sum"}
             mask = target_mask(batch)
             if self.kd.source == "teacher":
-                assert t_out is not None
-                res["kd"] = kd_dense(logits, t_out.logits[:, :-1], mask, **kw)
+                assert t_logits is not None
+                res["kd"] = kd_dense(logits, t_logits, mask if seen is None else mask & seen, **kw)
             else:
                 ids, lp = batch.get("top_ids"), batch.get("top_lp")
                 if ids is None or lp is None:
@@ -183,14 +208,43 @@ class Distiller(torch.nn.Module):
                 else:
                     res["kd"] = kd_topk(logits, ids[:, 1:], lp[:, 1:], mask & _has_top(batch), **kw)
         if self.hidden is not None:
-            assert t_out is not None
-            mask = token_mask(batch)
+            assert t_hidden is not None
+            mask = token_mask(batch) if seen is None else token_mask(batch) & seen
             total = logits.sum() * 0.0
             for s_l, t_l in self.layer_map.items():
                 s_h = self.proj[str(s_l)](out.hidden_states[s_l][:, :-1].float())
-                total = total + hidden_loss(s_h, t_out.hidden_states[t_l][:, :-1], mask, self.hidden.loss, "sum")
+                total = total + hidden_loss(s_h, t_hidden[t_l], mask, self.hidden.loss, "sum")
             res["hidden"] = total / len(self.layer_map)
         return res
+
+    def _teacher_pass(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor | None]:
+        """The teacher's logits [B, W-1, V] and hidden states (by layer) at the student's positions, and the
+        positions it saw (None: all). Rows asked with another prompt run as the teacher's own (``t_input_ids``)
+        and their logits are moved to the student's positions."""
+        want = self.hidden is not None
+        assert self.teacher is not None
+        with torch.no_grad():
+            if "t_input_ids" not in batch:
+                t_out = self.teacher(**model_inputs(batch), output_hidden_states=want)
+                hidden = {t_l: t_out.hidden_states[t_l][:, :-1] for t_l in self.layer_map.values()} if want else {}
+                return t_out.logits[:, :-1], hidden, None
+            kw = {k[2:]: batch[k] for k in ("t_input_ids", "t_attention_mask", "t_position_ids") if k in batch}
+            t_out = self.teacher(**kw, use_cache=False, output_hidden_states=want)
+            at = batch["t_at"][:, :-1].to(t_out.logits.device)
+            idx = at.clamp(min=0)[..., None]
+
+            def moved(x: torch.Tensor) -> torch.Tensor:
+                return x.gather(1, idx.expand(-1, -1, x.shape[-1]))
+
+            hidden = {t_l: moved(t_out.hidden_states[t_l]) for t_l in self.layer_map.values()} if want else {}
+            return moved(t_out.logits), hidden, at >= 0
+
+
+def _teacher_sees(batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """[B, W-1] bool: positions with a teacher position (rows asked with another prompt), None when all have."""
+    return batch["t_at"][:, :-1] >= 0 if "t_at" in batch else None
 
 
 def _has_top(batch: dict[str, torch.Tensor]) -> torch.Tensor:

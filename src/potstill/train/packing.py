@@ -17,6 +17,8 @@ from .data import IGNORE, EncodedRow
 def _concat(parts: list[EncodedRow]) -> EncodedRow:
     out = EncodedRow([], [], position_ids=[])
     has_top = any(p.top_ids for p in parts)
+    if any(p.teacher_ids is not None for p in parts):  # the teacher's rows are packed alongside
+        out.teacher_ids, out.teacher_at, out.teacher_pos = [], [], []
     if has_top:
         out.top_ids, out.top_lps = [], []
     for p in parts:
@@ -32,6 +34,12 @@ def _concat(parts: list[EncodedRow]) -> EncodedRow:
                 out.top_lps.extend([[]] * gap)
                 out.top_ids.extend(p.top_ids)
                 out.top_lps.extend(p.top_lps or [])
+        if out.teacher_ids is not None and out.teacher_at is not None and out.teacher_pos is not None:
+            t_ids = p.teacher_ids if p.teacher_ids is not None else p.input_ids
+            t_at = p.teacher_at if p.teacher_at is not None else list(range(len(p.input_ids)))
+            out.teacher_at.extend(j + len(out.teacher_ids) if j >= 0 else -1 for j in t_at)
+            out.teacher_pos.extend(range(len(t_ids)))
+            out.teacher_ids.extend(t_ids)
         out.input_ids.extend(p.input_ids)
         out.labels.extend([IGNORE, *p.labels[1:]])
         assert out.position_ids is not None

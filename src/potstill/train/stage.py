@@ -27,7 +27,7 @@ from ..run_dir import RunDir, atomic_replace_dir, atomic_write_text, read_jsonl
 from ..teachers.hf import load_causal_lm, load_tokenizer, pick_device, pick_dtype, quiet_transformers
 from .data import EncodedRow, encode_chat
 from .dist import Dist
-from .kd import Distiller, attach_logprobs, check_tokenizers
+from .kd import Distiller, attach_logprobs, attach_teacher_prompt, check_tokenizers, last_target_start
 from .on_policy import OnPolicy, end_of_turn
 from .packing import pack
 from .tracking import Trackers
@@ -198,24 +198,27 @@ def build_on_policy(
     return OnPolicy(hp.on_policy, scorer=RemoteScorer.probed(spec, tok), **kw)
 
 
-def teacher_prompts(spec: JobSpec, path: Path, tok: Any) -> dict[tuple[int, ...], list[int]]:
-    """Each training row's prompt (its tokens before the final answer) -> the prompt the teacher was asked with
-    (the task's system message first, as at generation), where the two differ."""
-    from ..data.tasks import task_for, teacher_messages
-    from .on_policy import prompts_of
-
-    task, out = task_for(spec), {}
-    for r in read_jsonl(path):
-        enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
-        mine = prompts_of(enc)
-        if not mine:
+def teacher_prompts(rows: list[EncodedRow]) -> dict[tuple[int, ...], list[int]]:
+    """Each row's prompt (its tokens before the final answer) -> the prompt the teacher was asked with, for rows
+    whose teacher saw another prompt (``encode_split(..., asked=True)``)."""
+    out = {}
+    for r in rows:
+        start = last_target_start(r.labels)
+        if r.teacher_ids is None or r.teacher_at is None or start is None:
             continue
-        asked = teacher_messages(r["messages"][:-1], task)
-        text = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True)
-        theirs = tok(text, add_special_tokens=False)["input_ids"]
-        if theirs != mine[-1]:
-            out[tuple(mine[-1])] = theirs
+        out[tuple(r.input_ids[:start])] = r.teacher_ids[: r.teacher_at[start]]
     return out
+
+
+def _asked(spec: JobSpec, tok: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt the teacher was asked with for this conversation (the task's system message first, as at
+    generation), in tokens."""
+    from ..data.tasks import task_for, teacher_messages
+
+    asked = teacher_messages(messages[:-1], task_for(spec))
+    return tok(tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
+        "input_ids"
+    ]
 
 
 def check_on_policy_teacher(spec: JobSpec) -> None:
@@ -235,9 +238,12 @@ def check_on_policy_teacher(spec: JobSpec) -> None:
     RemoteScorer.probed(spec, tok).client.close()
 
 
-def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[list[EncodedRow], dict[str, Any]]:
+def encode_split(
+    spec: JobSpec, path: Path, tok: Any, logprobs: bool, asked: bool = False
+) -> tuple[list[EncodedRow], dict[str, Any]]:
     """Tokenised rows with at least one target token, and counts: rows, truncated, with_logprobs, aligned, and
-    by_teacher: {teacher: [with_logprobs, aligned]} for rows that name their teacher (several teachers)."""
+    by_teacher: {teacher: [with_logprobs, aligned]} for rows that name their teacher (several teachers).
+    ``asked``: each row also carries the prompt its teacher was asked with (a local teacher's forward pass)."""
     rows: list[EncodedRow] = []
     counts: dict[str, Any] = {"truncated": 0, "with_logprobs": 0, "aligned": 0, "by_teacher": {}}
     cache: dict[str, int | None] = {}
@@ -251,6 +257,8 @@ def encode_split(spec: JobSpec, path: Path, tok: Any, logprobs: bool) -> tuple[l
             if "teacher" in r:  # several teachers: each row carries its own teacher's logprobs
                 mine = counts["by_teacher"].setdefault(r["teacher"], [0, 0])
                 mine[0], mine[1] = mine[0] + 1, mine[1] + aligned
+        if asked and enc.n_target:
+            attach_teacher_prompt(enc, _asked(spec, tok, r["messages"]))
         if enc.n_target:
             rows.append(enc)
     return rows, counts
@@ -310,7 +318,9 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     device = dist.device or pick_device(st.device)
     model = load_student(spec, device)
     use_lp = hp.kd is not None and hp.kd.source == "logprobs"
-    train_rows, counts = encode_split(spec, rd.data / "train.jsonl", tok, use_lp)
+    # a local teacher's forward pass (dense KD, hidden states, on-policy scoring) reads the prompt it was asked
+    reads = (hp.kd is not None and hp.kd.source == "teacher") or hp.hidden is not None or hp.on_policy is not None
+    train_rows, counts = encode_split(spec, rd.data / "train.jsonl", tok, use_lp, asked=reads)
     if use_lp:
         _check_logprobs(spec, counts, tok, rd.data / "train.jsonl")
     val_path = rd.data / "validation.jsonl"
@@ -318,12 +328,12 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
     if counts["truncated"]:
         rd.event("train", "truncated", rows=counts["truncated"], max_seq_len=hp.max_seq_len)
     kept = len(train_rows)
+    prompts = teacher_prompts(train_rows) if hp.on_policy is not None else None
     train_rows = [train_rows[i] for i in share_of(kept, hp.data_share, hp.seed)]
     n_examples = len(train_rows)
     if hp.packing:
         train_rows = pack(train_rows, hp.max_seq_len)
     distiller = build_distiller(spec, tok, model, device)
-    prompts = teacher_prompts(spec, rd.data / "train.jsonl", tok) if hp.on_policy is not None else None
     on_policy = build_on_policy(spec, tok, train_rows, distiller, device, prompts)
     cfg = fit_config(spec, device)
     rd.event(
