@@ -27,8 +27,9 @@ def test_two_workers_run_each_trial_once_and_exactly_n(tiny_models: dict, tmp_pa
 
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{rd / 'tune' / 'study.sqlite'}")
     trials = study.get_trials()
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # exactly 4, none lost, none run twice
-    assert all(t.state.name == "COMPLETE" for t in trials)
+    told = [(t.number, t.state.name, t.params, t.user_attrs) for t in trials]  # what went wrong, if anything
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3], f"{told}\n{res.stderr}"  # exactly 4, none run twice
+    assert all(t.state.name == "COMPLETE" for t in trials), told
     assert sorted(t.params[LR] for t in trials) == sorted([BAD, GOOD, BAD, GOOD])  # the queue, each row once
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # two processes trained them
     for t in trials:
