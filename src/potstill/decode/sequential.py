@@ -34,10 +34,14 @@ class SequentialDecoder:
         if len(req.ids) >= limit:
             return Output(finish="length")
         logits = self.backend.feed(list(req.ids), fresh=True)
+        plain = live.gen is None and req.logprobs is None  # greedy, nothing recorded: numpy's argmax is enough
         while True:
-            row = torch.from_numpy(logits)[None, :]
-            token = pick(row, [live])[0]
-            _record(row, [live], [token])
+            if plain:
+                token = int(logits.argmax())
+            else:
+                row = torch.from_numpy(logits)[None, :]
+                token = pick(row, [live])[0]
+                _record(row, [live], [token])
             if live.push(token, self.stop):
                 break
             if self.backend.position >= limit:
@@ -55,18 +59,14 @@ class SequentialDecoder:
 
     def generate(self, requests: list[Request], more: Any = None) -> list[Output]:
         self.runs += 1
-        outs = []
-        for req in requests:
-            out = self._one(req)
-            outs.append(out)
-            if req.on_done is not None:
-                req.on_done(out)
-        while more is not None:
-            arrived = more(1)
-            if not arrived:
-                break
+        outs = [self._done(req) for req in requests]
+        while more is not None and (arrived := more(1)):
             for req in arrived:
-                out = self._one(req)
-                if req.on_done is not None:
-                    req.on_done(out)
+                self._done(req)
         return outs
+
+    def _done(self, req: Request) -> Output:
+        out = self._one(req)
+        if req.on_done is not None:
+            req.on_done(out)
+        return out

@@ -96,6 +96,10 @@ class OnnxBackend:
         self._outputs = [o.name for o in self.session.get_outputs()]  # logits, then the presents in past order
         self._past: list[Any] | None = None
         self._len = 0
+        self._io = self._raw = self._cpu = None  # feed's binding (made on first use)
+        self._ones = np.ones((1, 0), dtype=np.int64)
+        self._ar = np.zeros((1, 0), dtype=np.int64)
+        self._keep: tuple[np.ndarray, ...] = ()
 
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Any
@@ -111,26 +115,44 @@ class OnnxBackend:
 
     def feed(self, ids: list[int], fresh: bool) -> np.ndarray:
         """One sequence with its past kept inside onnxruntime (I/O binding: each step's present key/values are the
-        next step's inputs, never copied out): append ``ids`` (a new sequence when ``fresh``); the last logits."""
+        next step's inputs, never copied out): append ``ids`` (a new sequence when ``fresh``); the last logits.
+
+        One binding serves every step, through onnxruntime's own binding object (the Python wrapper's checks and
+        OrtValue wrappers cost ~90 µs a step, a third of the demo student's step), the mask and positions are
+        views of arrays kept for the whole sequence, and the outputs are allocated by onnxruntime each run."""
         import onnxruntime as ort
 
         m = self.meta
+        raw = self._binding()
         if fresh or self._past is None:
             empty = np.zeros((1, m["num_kv_heads"], 0, m["head_dim"]), dtype=np.float32)
-            self._past, self._len = [ort.OrtValue.ortvalue_from_numpy(empty) for _ in m["past_names"]], 0
-        n = len(ids)
-        io = self.session.io_binding()
-        io.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
-        io.bind_cpu_input("attention_mask", np.ones((1, self._len + n), dtype=np.int64))
-        io.bind_cpu_input("position_ids", np.arange(self._len, self._len + n, dtype=np.int64)[None, :])
+            self._past = [ort.OrtValue.ortvalue_from_numpy(empty)._ortvalue for _ in m["past_names"]]
+            self._len = 0
+        end = self._len + len(ids)
+        if end > self._ones.shape[1]:
+            self._ones = np.ones((1, 2 * end), dtype=np.int64)
+            self._ar = np.arange(2 * end, dtype=np.int64)[None, :]
+        self._keep = (np.asarray([ids], dtype=np.int64), self._ones[:, :end], self._ar[:, self._len : end])
+        for name, value in zip(("input_ids", "attention_mask", "position_ids"), self._keep, strict=True):
+            raw.bind_input(name, value)
         for name, value in zip(m["past_names"], self._past, strict=True):
-            io.bind_ortvalue_input(name, value)
-        for name in self._outputs:
-            io.bind_output(name, "cpu")
-        self.session.run_with_iobinding(io)
-        logits, *self._past = io.get_outputs()
-        self._len += n
-        return logits.numpy()[0, -1]
+            raw.bind_ortvalue_input(name, value)
+        for name in self._outputs:  # a run leaves its outputs bound: unbound again, onnxruntime allocates anew
+            raw.bind_output(name, self._cpu)
+        self.session._sess.run_with_iobinding(raw, None)
+        outs = raw.get_outputs()
+        self._past = [outs[i] for i in range(1, len(outs))]
+        self._len = end
+        return outs[0].numpy()[0, -1]
+
+    def _binding(self) -> Any:
+        """onnxruntime's binding object for ``feed`` (and the CPU device its outputs are bound to)."""
+        if self._raw is None:
+            import onnxruntime as ort
+
+            self._io = self.session.io_binding()
+            self._raw, self._cpu = self._io._iobinding, ort.OrtDevice.make("cpu", 0)._get_c_device()
+        return self._raw
 
     @property
     def position(self) -> int:

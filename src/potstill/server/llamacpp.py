@@ -13,6 +13,7 @@ turn, and a server's waiting requests join as each ends.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import os
 import weakref
@@ -75,19 +76,41 @@ class LlamaCppBackend:
         )
         atexit.register(_close, weakref.ref(self.llm))  # before interpreter teardown, when its __del__ would fail
         self.n_vocab = int(self.llm.n_vocab())
+        self._lc, self._n, self._at, self._view = lc, 0, None, np.zeros(0, dtype=np.float32)
         self.max_positions: int | None = ctx
         self.path = path
 
     def feed(self, ids: list[int], fresh: bool) -> np.ndarray:
-        """Append ``ids`` to the sequence (a new one when ``fresh``); the logits after the last of them."""
+        """Append ``ids`` to the sequence (a new one when ``fresh``); the logits after the last of them.
+
+        Straight to ``llama_decode`` with the binding's batch, not ``Llama.eval`` (whose bookkeeping per call cost
+        ~30 µs, a sixth of a small model's token), and the logits read through a view kept while llama.cpp's
+        buffer stays where it is."""
+        lc, ctx, batch = self._lc, self.llm._ctx.ctx, self.llm._batch.batch
         if fresh:
-            self.llm.reset()
-        self.llm.eval(ids)
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,)).copy()
+            lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+            self._n = 0
+        step = self.llm.n_batch
+        for at in range(0, len(ids), step):
+            chunk = ids[at : at + step]
+            batch.n_tokens = len(chunk)
+            for i, t in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, self._n + i, 1, 0
+                batch.seq_id[i][0] = 0
+            batch.logits[len(chunk) - 1] = 1
+            if (rc := lc.llama_decode(ctx, batch)) != 0:
+                raise PotstillError(f"llama.cpp could not decode the sequence (llama_decode returned {rc})")
+            self._n += len(chunk)
+        ptr = lc.llama_get_logits_ith(ctx, -1)
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        if addr != self._at:
+            self._view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+            self._at = addr
+        return self._view.copy()
 
     @property
     def position(self) -> int:
-        return int(self.llm.n_tokens)
+        return self._n
 
     def forward(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Any
