@@ -214,7 +214,11 @@ def test_export_measures_each_format_against_torch(exported: Path, tmp_path: Pat
     assert against is not None and [r[0] for r in against[1]] == ["torch", "onnx", "onnx-int8"]
     torch_row = against[1][0]
     assert torch_row[2] == f"{teacher_w / by['torch']['weights_mb']:.2f}×"
-    assert torch_row[1] == f"{by['teacher (torch)']['p50_ms'] / by['torch']['p50_ms']:.2f}×"
+    # latency in pairs beside torch: each speed-up is torch's time in its pairs over the format's
+    assert by["torch"]["speedup"] == 1.0 and all(f["speedup"] > 0 for f in by.values())
+    assert all("answered by torch and this format in turn" in by[f]["latency_how"] for f in by if f != "torch")
+    assert torch_row[1] == f"{1 / by['teacher (torch)']['speedup']:.2f}×"
+    assert against[1][2][1] == f"{by['onnx-int8']['speedup'] / by['teacher (torch)']['speedup']:.2f}×"
     assert by["onnx-int8"]["size_mb"] < by["onnx"]["size_mb"]
     assert all(f["p50_ms"] > 0 and f["answers_per_s"] > 0 for f in by.values())
     out = " ".join(res.stdout.split())
@@ -243,3 +247,33 @@ def test_onnx_threads_one_for_a_small_model_else_as_asked(exported: Path, monkey
     monkeypatch.setattr(backends, "SMALL_ONNX_BYTES", 0)  # as if the model were large
     assert backends.default_threads(model) is None
     assert threads(backends.OnnxBackend(model)) == 0  # 0: onnxruntime's own choice, one per core
+
+
+def test_latency_pairs_alternate_which_model_answers_first() -> None:
+    """Each prompt is answered by torch and the format in turn, the first of the two alternating (after one
+    warm-up each), so drift on a shared machine falls on both sides of every ratio."""
+    from potstill.exporter.measure import _pairs
+
+    calls: list[tuple[str, str]] = []
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def generate(self, convs: list, max_new_tokens: int) -> list:
+            calls.append((self.name, convs[0]))
+            return []
+
+    t_a, t_b = _pairs(Fake("a"), Fake("b"), ["p0", "p1", "p2", "p3"], ["q0", "q1", "q2", "q3"], 8)
+    assert len(t_a) == len(t_b) == 4 and all(t >= 0 for t in t_a + t_b)
+    assert calls[:2] == [("a", "p0"), ("b", "q0")]  # warm-up
+    assert calls[2:] == [
+        ("a", "p0"),
+        ("b", "q0"),
+        ("b", "q1"),
+        ("a", "p1"),
+        ("a", "p2"),
+        ("b", "q2"),
+        ("b", "q3"),
+        ("a", "p3"),
+    ]

@@ -112,14 +112,16 @@ def model_card(run_root: Path | None, manifest: dict[str, Any]) -> str:
         parts.append(
             f"The torch student and each export on the same {measured['rows']} {measured['split']} rows (greedy; "
             "accuracy against the references; `= torch`: the same parsed answer as the torch student; p50 at "
-            f"batch 1 and answers/s on this machine, {manifest.get('machine', '?')})."
+            "batch 1, timed beside the torch student on the same prompts, each answered by both in turn, and "
+            f"answers/s, on this machine, {manifest.get('machine', '?')})."
         )
         parts += ["", markdown_table(*table(measured))]
         if against := teacher_table(measured):
             parts += [
                 "",
-                "Against the teacher in torch: its p50 at batch 1 divided by each format's, and the memory its "
-                "weights take divided by each format's (torch tensors, or the exported file).",
+                "Against the teacher in torch: its p50 at batch 1 divided by each format's (each timed beside the "
+                "torch student, so the ratio goes through it), and the memory its weights take divided by each "
+                "format's (torch tensors, or the exported file).",
                 "",
                 markdown_table(*against),
             ]
