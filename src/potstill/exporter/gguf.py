@@ -23,9 +23,14 @@ them, exactly as the torch student does, and feeds token ids to llama.cpp.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,8 +255,28 @@ def _quantize_q4_k_m(src: Path, dst: Path) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.nthread = 1
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
-        raise ExportError(f"llama.cpp could not quantize {src} to q4_k_m")
+    with _stderr_kept() as said:  # a line per tensor that falls back; the manifest's tensor_types say it once
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        tail = " | ".join(said()[-3:])
+        raise ExportError(f"llama.cpp could not quantize {src} to q4_k_m" + (f": {tail}" if tail else ""))
+
+
+@contextlib.contextmanager
+def _stderr_kept() -> Iterator[Callable[[], list[str]]]:
+    """Hold what C code writes to file descriptor 2 in a temporary file; yields a function giving its lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        lines: list[str] = []
+        try:
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines += held.read().decode(errors="replace").splitlines()
 
 
 def write_gguf(model: Any, tok: Any, folder: Path, precision: str, name: str = "student") -> dict[str, Any]:
