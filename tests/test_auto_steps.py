@@ -3,7 +3,9 @@ cap): the loop on a tiny in-memory model with a scripted metric and a fake clock
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,34 @@ def test_the_time_cap_stops_after_a_last_validation(tok, monkeypatch: pytest.Mon
     fixed = FitConfig(batch_size=4, warmup_ratio=0, num_epochs=100, max_seconds=35)  # a cap on a fixed budget too
     res = fit(tiny_llama(tok, hidden=16, layers=1, heads=2, seed=5), rows, val, fixed, tok.pad_token_id, log=log)
     assert res["stop_reason"] == "time" and res["steps"] == 5
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_a_time_cap_ends_the_learning_rate_schedule_with_it(
+    tok,  # noqa: F811
+    schedule: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """10 s per step, a 35 s cap on a budget of hundreds of steps: the rate decays with the clock, to 0 when the
+    cap is reached (the step count alone would leave it at its peak); without a cap it does not move."""
+    rows, val = _rows(tok)
+    lrs: list[float] = []
+    monkeypatch.setattr(trainer, "clock", lambda: 10.0 * len(lrs))
+
+    def log(event: str, **k: Any) -> None:
+        if event == "step":
+            lrs.append(k["lr"])
+
+    cfg = FitConfig(batch_size=4, warmup_ratio=0, num_epochs=100, max_seconds=35, lr_schedule=schedule)
+    res = fit(tiny_llama(tok, hidden=16, layers=1, heads=2, seed=5), rows, val, cfg, tok.pad_token_id, log=log)
+    assert res["stop_reason"] == "time" and res["steps"] == 5
+    peak = cfg.learning_rate
+    assert all(a > b for a, b in itertools.pairwise(lrs)) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[1] == pytest.approx(
+        peak * (1 - 10 / 35) if schedule == "linear" else peak * 0.5 * (1 + math.cos(math.pi * 10 / 35))
+    )
+    uncapped = trainer.lr_lambda(FitConfig(warmup_ratio=0, lr_schedule=schedule), 300)  # the same budget, no cap
+    assert uncapped(5) > 0.95
 
 
 def test_the_time_cap_counts_the_training_before_a_resume(

@@ -92,8 +92,14 @@ class FitConfig:
         return min(total, self.max_steps) if self.max_steps else total
 
 
-def lr_lambda(cfg: FitConfig, total: int, epoch_steps: int = 0) -> Callable[[int], float]:
-    """The learning-rate multiplier per step; until_plateau: warm-up over warmup_ratio of an epoch, then 1."""
+def lr_lambda(
+    cfg: FitConfig, total: int, epoch_steps: int = 0, time_share: list[float] | None = None
+) -> Callable[[int], float]:
+    """The learning-rate multiplier per step; until_plateau: warm-up over warmup_ratio of an epoch, then 1.
+
+    ``time_share`` (a one-item list the loop updates: the share of ``max_seconds`` spent): the decay follows
+    whichever ends first, the steps or the time cap, so a training the clock stops has finished its schedule
+    instead of stopping near its peak rate."""
     warm = int(cfg.warmup_ratio * (epoch_steps if cfg.until_plateau else total))
 
     def f(step: int) -> float:
@@ -101,7 +107,7 @@ def lr_lambda(cfg: FitConfig, total: int, epoch_steps: int = 0) -> Callable[[int
             return (step + 1) / (warm + 1)
         if cfg.lr_schedule == "constant" or cfg.until_plateau:
             return 1.0
-        progress = (step - warm) / max(1, total - warm)
+        progress = max((step - warm) / max(1, total - warm), time_share[0] if time_share else 0.0)
         if cfg.lr_schedule == "linear":
             return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -271,7 +277,10 @@ def fit(
         lr=cfg.learning_rate,
     )
     total = cfg.total_steps(len(rows), dist.world)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total, cfg.epoch_steps(len(rows), dist.world)))
+    share = [0.0]  # the share of max_seconds spent, before each scheduler step (lr_lambda)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg, total, cfg.epoch_steps(len(rows), dist.world), share if cfg.max_seconds else None)
+    )
     scaler = torch.amp.GradScaler(dev.type) if cfg.mixed_precision == "fp16" else None
     model, opt = dist.prepare(model, opt)
     step, epoch, pos = 0, 0, 0
@@ -357,6 +366,9 @@ def fit(
                 scaler.update()
             else:
                 opt.step()
+            if cfg.max_seconds:  # the share after this step; the processes' clocks differ: their mean
+                mine = torch.tensor([min(1.0, (spent + clock() - t0) / cfg.max_seconds)])
+                share[0] = float(mine[0] if dist.world == 1 else dist.all_sum(mine)[0] / dist.world)
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
