@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="a small version that checks the script works")
     ap.add_argument("--steps", type=int, default=SIZES[False]["steps"], help="training steps of every trial")
     ap.add_argument("--extra", type=int, default=4, help="sampled trials after the ladder's")
+    ap.add_argument("--widths", type=int, nargs="+", default=LADDER, help="the ladder's hidden sizes, smallest first")
     ap.add_argument("--points", type=float, default=2.0, help="the largest accuracy loss allowed, in points")
     ap.add_argument("--run-dir", type=Path, default=None)
     a = ap.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     assets = rd / "assets"
     build_assets(assets, quick=a.small, log=print)
-    widths, steps = (SMALL["ladder"], SMALL["steps"]) if a.small else (LADDER, a.steps)
+    widths, steps = (SMALL["ladder"], SMALL["steps"]) if a.small else (a.widths, a.steps)
     if a.small:
         for name in ("train", "validation", "test"):
             _truncate(assets / f"{name}.jsonl", SMALL[name])
