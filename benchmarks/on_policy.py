@@ -255,13 +255,18 @@ def trl_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
     return (steps - 2) / (stamps[-1] - stamps[1])
 
 
-def part_steps(b: Bench, sft_steps: int, out: list[dict[str, Any]]) -> None:
-    """Equal steps instead of equal time: SFT's steps, the second half of them on-policy (lmbda 1)."""
+def part_steps(b: Bench, sft_steps: int, out: list[dict[str, Any]], on_policy: bool = True) -> None:
+    """Equal steps instead of equal time: SFT's steps, dense KD's, or the second half of them on-policy
+    (lmbda 1); without ``on_policy``, SFT and dense KD only."""
     print(f"\n## accuracy at equal steps (load average before: {load()})", flush=True)
     rows = []
-    for name, op in (("SFT", None), ("on-policy, lmbda 1.0", b.on_policy(1.0, sft_steps // 2))):
+    runs: list[tuple[str, str]] = [("SFT", "sft"), ("dense logit KD", "kd")]
+    runs += [("on-policy, lmbda 1.0", "op")] if on_policy else []
+    for name, kind in runs:
         model = b.student()
-        cpu, wall, res = b.train(model, sft_steps, on_policy=op)
+        kw: dict[str, Any] = {"on_policy": b.on_policy(1.0, sft_steps // 2)} if kind == "op" else {}
+        kw |= {"distiller": b.kd(model)} if kind == "kd" else {}
+        cpu, wall, res = b.train(model, sft_steps, **kw)
         sampled = sum(h.get("on_policy", 0) for h in res["history"])
         rows.append({"method": name, "steps": sft_steps, "sampled_steps": sampled, "cpu_s": cpu, "wall_s": wall})
         rows[-1]["accuracy"] = b.score(model)
@@ -326,7 +331,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--student", type=Path, default=None, help="--part speed: this student folder (default: untrained)")
     ap.add_argument("--out", type=Path, default=Path("runs/on_policy_bench.jsonl"))
-    ap.add_argument("--no-on-policy", action="store_true", help="--part accuracy: SFT and dense KD only")
+    ap.add_argument("--no-on-policy", action="store_true", help="SFT and dense KD only (--part accuracy or steps)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"machine: {machine()}")
@@ -336,7 +341,7 @@ def main() -> None:
     if a.part in ("all", "accuracy"):
         student = part_accuracy(b, a.sft_steps, out, () if a.no_on_policy else (0.5, 1.0))
     if a.part == "steps":
-        part_steps(b, a.sft_steps, out)
+        part_steps(b, a.sft_steps, out, not a.no_on_policy)
     if a.part in ("all", "speed"):
         part_speed(b, student, a.speed_steps, a.speed_batch, out)
     a.out.parent.mkdir(parents=True, exist_ok=True)
