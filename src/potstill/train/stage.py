@@ -210,12 +210,12 @@ def teacher_prompts(rows: list[EncodedRow]) -> dict[tuple[int, ...], list[int]]:
     return out
 
 
-def _asked(spec: JobSpec, tok: Any, messages: list[dict[str, str]]) -> list[int]:
+def _asked(task: Any, tok: Any, messages: list[dict[str, str]]) -> list[int]:
     """The prompt the teacher was asked with for this conversation (the task's system message first, as at
     generation), in tokens."""
-    from ..data.tasks import task_for, teacher_messages
+    from ..data.tasks import teacher_messages
 
-    asked = teacher_messages(messages[:-1], task_for(spec))
+    asked = teacher_messages(messages[:-1], task)
     return tok(tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True), add_special_tokens=False)[
         "input_ids"
     ]
@@ -247,6 +247,10 @@ def encode_split(
     rows: list[EncodedRow] = []
     counts: dict[str, Any] = {"truncated": 0, "with_logprobs": 0, "aligned": 0, "by_teacher": {}}
     cache: dict[str, int | None] = {}
+    if asked:
+        from ..data.tasks import task_for
+
+        task = task_for(spec)  # once, not per row
     for r in read_jsonl(path):
         enc = encode_chat(tok, r["messages"], spec.hyperparameters.max_seq_len)
         counts["truncated"] += enc.truncated
@@ -258,7 +262,7 @@ def encode_split(
                 mine = counts["by_teacher"].setdefault(r["teacher"], [0, 0])
                 mine[0], mine[1] = mine[0] + 1, mine[1] + aligned
         if asked and enc.n_target:
-            attach_teacher_prompt(enc, _asked(spec, tok, r["messages"]))
+            attach_teacher_prompt(enc, _asked(task, tok, r["messages"]))
         if enc.n_target:
             rows.append(enc)
     return rows, counts
