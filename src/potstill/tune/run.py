@@ -33,7 +33,7 @@ from ..data.jsonl import read_examples
 from ..errors import ConfigError, DataError, PotstillError, TrainingError
 from ..pipeline import run_lock, run_pipeline
 from ..run_dir import RunDir, read_jsonl
-from .study import CreationLock, default_storage, finished, open_study, running
+from .study import CreationLock, default_storage, finished, finished_and_running, open_study
 from .summary import best_trial, promote, summary, trial_line
 from .trial import Trial, is_here, retrain
 from .workers import no_live_workers, run_workers
@@ -131,7 +131,7 @@ def _search(
             if fails >= MAX_FAILS_IN_A_ROW:
                 raise TrainingError(f"{fails} trials in a row failed; the last: {last_error}")
             with lock.held():  # count, then start the next trial, with no other worker in between
-                done, busy = finished(study), running(study)
+                done, busy = finished_and_running(study)  # one read: see its docstring
                 if done >= target:
                     break
                 if done + busy >= target:  # the rest of the budget is held by trials running elsewhere

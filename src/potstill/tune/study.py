@@ -210,12 +210,16 @@ def finished(study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def running(study: Any) -> int:
-    """Trials running now (in this worker or another); a dead worker's are failed and queued again first."""
+def finished_and_running(study: Any) -> tuple[int, int]:
+    """Finished (complete + pruned) and running trials, from one read of the study: two reads would miss a trial
+    that another worker finishes between them (counted neither finished nor running). A dead worker's running
+    trials are failed and queued again first."""
     import optuna
     from optuna.trial import TrialState
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
         optuna.storages.fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
+    return done, states.count(TrialState.RUNNING)
