@@ -25,6 +25,11 @@
 3. ``--part steps`` (not in "all"): SFT's 800 steps against 400 SFT steps then 400 on-policy steps (lmbda 1):
    what a sampled step is worth when time is not counted.
 
+4. ``--part captured [--k 20] [--warm-share 0.5]`` (not in "all"): GKD as its paper has it, at equal compute: the
+   warm-up and the steps that are not sampled train against the teacher's top-k logprobs captured at generation
+   (``generation.logprobs`` + ``kd.source: logprobs``: no teacher forward pass in them); SFT, top-k KD alone,
+   and on-policy for each of ``--lmbdas``.
+
 Prints the CPU (model, AVX flags) and the load average before and after each part: the 2-core development
 machine is shared with other jobs, so seconds move between runs. trl is a benchmark/test dependency only
 (``pip install -c constraints.txt "trl>=0.20"``).
@@ -55,8 +60,8 @@ from potstill.demo import RECIPE, SIZES, STUDENT, TEACHER_DIR
 from potstill.demo.task import SYSTEM
 from potstill.demo.tiny import tiny_llama
 from potstill.teachers.hf import load_causal_lm, load_tokenizer
-from potstill.train.data import encode_chat
-from potstill.train.kd import Distiller, attach_teacher_prompt
+from potstill.train.data import EncodedRow, collate, encode_chat
+from potstill.train.kd import Distiller, attach_teacher_prompt, last_target_start
 from potstill.train.on_policy import OnPolicy, end_of_turn, prompts_of
 from potstill.train.packing import pack
 from potstill.train.trainer import FitConfig, fit
@@ -115,6 +120,33 @@ class Bench:
     def student(self) -> Any:
         return tiny_llama(self.tok, **STUDENT, max_positions=256, seed=1)
 
+    def captured(self, k: int) -> float:
+        """Give every training row the teacher's top-k logprobs over its answer, as ``generation.logprobs: k``
+        captures them while the teacher writes it (its greedy answer's distributions are those of a forward pass
+        over the answer after the prompt it was asked with); ``self.topk_packed``. Returns the CPU seconds (not
+        counted in any budget: in a run they come with generation, which every method shares)."""
+        c0 = time.process_time()
+        rows = copy.deepcopy(self.plain)
+        for i in range(0, len(rows), 64):
+            chunk = rows[i : i + 64]
+            starts = [last_target_start(r.labels) or 0 for r in chunk]
+            asked = [self.asked[tuple(prompts_of(r)[0])] for r in chunk]
+            seqs = [a + r.input_ids[s:] for a, r, s in zip(asked, chunk, starts, strict=True)]
+            tb = collate([EncodedRow(x, x) for x in seqs], self.tok.pad_token_id)
+            with torch.no_grad():
+                lp = torch.log_softmax(
+                    self.teacher(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits.float(), -1
+                )
+            for j, (r, a, s) in enumerate(zip(chunk, asked, starts, strict=True)):
+                n = len(r.input_ids) - s  # answer tokens; the one at teacher position a + m is predicted at a + m - 1
+                v, ids = lp[j, len(a) - 1 : len(a) - 1 + n].topk(k, -1)
+                r.top_ids, r.top_lps, r.top_start = ids.tolist(), v.tolist(), s
+        self.topk_packed = pack(rows, RECIPE["max_seq_len"])
+        return time.process_time() - c0
+
+    def topk_kd(self, model: Any) -> Distiller:
+        return Distiller(KDSpec(alpha=0.5, source="logprobs"), 1.0, student=model)
+
     def on_policy(self, lmbda: float, after: int, asked: bool = True) -> OnPolicy:
         spec = OnPolicySpec(lmbda=lmbda, beta=0.5, temperature=0.9, max_new_tokens=MAX_NEW, after_steps=after)
         end = end_of_turn(self.plain, self.stops)
@@ -127,7 +159,7 @@ class Bench:
     def train(self, model: Any, steps: int, **kw: Any) -> tuple[float, float, dict[str, Any]]:
         """(CPU seconds, wall seconds, fit's result)."""
         t0, c0 = time.perf_counter(), time.process_time()
-        rows = self.kd_packed if kw.get("distiller") is not None else self.packed
+        rows = kw.pop("rows", None) or (self.kd_packed if kw.get("distiller") is not None else self.packed)
         res = fit(model, rows, [], cfg(steps), self.tok.pad_token_id, **kw)
         return time.process_time() - c0, time.perf_counter() - t0, res
 
@@ -188,6 +220,59 @@ def part_accuracy(b: Bench, sft_steps: int, out: list[dict[str, Any]], lmbdas: t
         )
     out.extend(rows)
     return sft
+
+
+def part_captured(
+    b: Bench, sft_steps: int, out: list[dict[str, Any]], k: int, warm_share: float, lmbdas: tuple[float, ...]
+) -> None:
+    """GKD as its paper has it, at equal compute: the steps that are not sampled train on the teacher data against
+    the teacher's distributions (top-k logprobs captured at generation, ``kd.source: logprobs``: no teacher
+    forward pass), and so does the warm-up. Rows: SFT (the budget), top-k KD alone, on-policy per lmbda."""
+    print(f"\n## captured top-{k} logprobs, equal compute (load average before: {load()})", flush=True)
+    pre = b.captured(k)
+    print(f"top-{k} logprobs over the {len(b.plain)} answers: {pre:.0f} CPU s (generation's work; in no budget)")
+    sft = b.student()
+    budget, wall, _ = b.train(sft, sft_steps)
+    t_sft = budget / sft_steps
+    rows = [{"method": "SFT", "steps": sft_steps, "sampled_steps": 0, "cpu_s": budget, "wall_s": wall}]
+    rows[-1]["accuracy"] = b.score(sft)
+    print(json.dumps(rows[-1]), flush=True)
+
+    def top_cpu(steps: int) -> float:
+        p = b.student()
+        return b.train(p, steps, distiller=b.topk_kd(p), rows=b.topk_packed)[0]
+
+    probe = 12
+    t_top = (top_cpu(40) - top_cpu(10)) / 30  # a step's own cost, without the rows' one-time tensors (~1 s)
+    t_op = b.train(copy.deepcopy(sft), probe, on_policy=b.on_policy(1.0, 0))[0] / probe if lmbdas else float("nan")
+    print(f"step CPU seconds: SFT {t_sft:.3f}, top-k KD {t_top:.3f}, on-policy {t_op:.3f} (load {load()})", flush=True)
+    model = b.student()
+    n = int(budget / t_top)
+    cpu, wall, _ = b.train(model, n, distiller=b.topk_kd(model), rows=b.topk_packed)
+    rows.append({"method": f"top-{k} logit KD (captured)", "steps": n, "sampled_steps": 0, "cpu_s": cpu})
+    rows[-1] |= {"wall_s": wall, "accuracy": b.score(model)}
+    print(json.dumps(rows[-1]), flush=True)
+    warm = int(sft_steps * warm_share)
+    for lmbda in lmbdas:
+        n = warm + int((budget - warm * t_top) / (lmbda * t_op + (1 - lmbda) * t_top))
+        model = b.student()
+        kw = {"on_policy": b.on_policy(lmbda, warm), "distiller": b.topk_kd(model), "rows": b.topk_packed}
+        cpu, wall, res = b.train(model, n, **kw)
+        sampled = sum(h.get("on_policy", 0) for h in res["history"])
+        name = f"on-policy, lmbda {lmbda}, top-{k} KD warm-up ({warm} steps) and teacher-data steps"
+        rows.append({"method": name, "steps": n, "sampled_steps": sampled, "cpu_s": cpu, "wall_s": wall})
+        rows[-1]["accuracy"] = b.score(model)
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {load()}\n")
+    print("| method | steps (of them student-sampled) | training CPU s | wall s | test accuracy | vs SFT |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        gain = 100 * (r["accuracy"] - rows[0]["accuracy"])
+        print(
+            f"| {r['method']} | {r['steps']} ({r['sampled_steps']}) | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+            f"{100 * r['accuracy']:.1f} % | {gain:+.1f} points |"
+        )
+    out.extend({**r, "part": "captured", "k": k} for r in rows)
 
 
 def potstill_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
@@ -324,7 +409,7 @@ def part_speed(b: Bench, student: Any, steps: int, bs: int, out: list[dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps"], default="all")
+    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps", "captured"], default="all")
     ap.add_argument("--sft-steps", type=int, default=SIZES[True]["steps"], help="SFT's steps: the budget")
     ap.add_argument("--speed-steps", type=int, default=12)
     ap.add_argument("--speed-batch", type=int, default=16)
@@ -332,6 +417,9 @@ def main() -> None:
     ap.add_argument("--student", type=Path, default=None, help="--part speed: this student folder (default: untrained)")
     ap.add_argument("--out", type=Path, default=Path("runs/on_policy_bench.jsonl"))
     ap.add_argument("--no-on-policy", action="store_true", help="SFT and dense KD only (--part accuracy or steps)")
+    ap.add_argument("--k", type=int, default=20, help="--part captured: top-k logprobs per position")
+    ap.add_argument("--warm-share", type=float, default=0.5, help="--part captured: warm-up, a share of SFT's steps")
+    ap.add_argument("--lmbdas", type=float, nargs="*", default=[0.5, 1.0])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"machine: {machine()}")
@@ -340,6 +428,8 @@ def main() -> None:
     student = load_causal_lm(str(a.student), CPU, torch.float32) if a.student else b.student()
     if a.part in ("all", "accuracy"):
         student = part_accuracy(b, a.sft_steps, out, () if a.no_on_policy else (0.5, 1.0))
+    if a.part == "captured":
+        part_captured(b, a.sft_steps, out, a.k, a.warm_share, tuple(a.lmbdas))
     if a.part == "steps":
         part_steps(b, a.sft_steps, out, not a.no_on_policy)
     if a.part in ("all", "speed"):

@@ -120,12 +120,9 @@ def row_tensors(r: EncodedRow) -> RowTensors:
         if all(len(c) == k for c in r.top_ids) and all(len(v) == k for v in lps):
             top_ids = torch.tensor(r.top_ids, dtype=torch.long).reshape(len(r.top_ids), k)
             top_lp = torch.tensor(lps, dtype=torch.float).reshape(len(r.top_ids), k)
-        else:  # ragged candidate lists (dropped candidates, packing gaps): pad each position
-            top_ids = torch.zeros((len(r.top_ids), k), dtype=torch.long)
-            top_lp = torch.full((len(r.top_ids), k), float("-inf"))
-            for j, (cand, v) in enumerate(zip(r.top_ids, lps, strict=True)):
-                top_ids[j, : len(cand)] = torch.tensor(cand, dtype=torch.long)
-                top_lp[j, : len(v)] = torch.tensor(v, dtype=torch.float)
+        else:  # ragged candidate lists (dropped candidates, packing gaps): pad each position, one tensor each
+            top_ids = torch.tensor([[*c, *[0] * (k - len(c))] for c in r.top_ids], dtype=torch.long)
+            top_lp = torch.tensor([[*v, *[float("-inf")] * (k - len(v))] for v in lps], dtype=torch.float)
     return RowTensors(
         torch.tensor(r.input_ids, dtype=torch.long),
         torch.tensor(r.labels, dtype=torch.long),
