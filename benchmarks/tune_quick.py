@@ -4,6 +4,8 @@ test than the fixed recipe).
 
     PYTHONPATH=src python benchmarks/tune_quick.py [--trials 20] [--timeout-min 30] [--run-dir runs/bench-tune-quick]
     PYTHONPATH=src python benchmarks/tune_quick.py --small        # a few minutes: checks that the script works
+    PYTHONPATH=src python benchmarks/tune_quick.py --kd           # the space also holds logit KD (alpha 0 = SFT)
+    PYTHONPATH=src python benchmarks/tune_quick.py --widths 96 128  # ... and the student's width (the demo's: 80)
 
 1. The demo's --quick assets (its splits and untrained student; --small: the first 300 / 64 / 100 rows) and the
    fixed recipe (potstill.demo.RECIPE, 800 steps; --small: 100) run as ``potstill run`` does, in one folder:
@@ -25,14 +27,16 @@ from typing import Any
 
 import yaml
 from _tune_common import machine
+from tune_ladder import ladder
 
 from potstill.config import validate_spec
-from potstill.demo import RECIPE, build_assets, demo_spec
+from potstill.demo import RECIPE, STUDENT, build_assets, demo_spec
 from potstill.pipeline import run_pipeline
 from potstill.run_dir import RunDir
 from potstill.tune import run_tune
 from potstill.tune.summary import trials_table
 
+KD_TOP_K = 20  # --kd: top-k logprobs kept per answer position
 SMALL = {"train": 300, "validation": 64, "test": 100, "steps": 100, "trials": 3}
 
 
@@ -46,7 +50,9 @@ def distilled(rd: Path) -> dict[str, Any]:
     return next(m for m in results["models"] if m["role"] == "distilled")
 
 
-def tune_section(steps: int, cap_min: float, trials: int, timeout_s: float | None) -> dict[str, Any]:
+def tune_section(
+    steps: int, cap_min: float, trials: int, timeout_s: float | None, kd: bool, students: list[str], demo: str
+) -> dict[str, Any]:
     fixed = {
         "hyperparameters.learning_rate": RECIPE["learning_rate"],
         "hyperparameters.batch_size": RECIPE["batch_size"],
@@ -55,8 +61,19 @@ def tune_section(steps: int, cap_min: float, trials: int, timeout_s: float | Non
         "hyperparameters.weight_decay": RECIPE["weight_decay"],
         "hyperparameters.max_steps": steps,
     }
+    extra: dict[str, Any] = {}
+    if kd:  # logit KD from the top-k captured at generation; alpha 0 is the fixed recipe's plain SFT
+        extra = {
+            "hyperparameters.kd.alpha": {"low": 0.0, "high": 0.9},
+            "hyperparameters.kd.temperature": {"low": 0.5, "high": 2.0},
+        }
+        fixed |= {"hyperparameters.kd.alpha": 0.0, "hyperparameters.kd.temperature": 1.0}
+    if students:  # the student's width too, the demo's among them (the fixed recipe's)
+        extra["student.model"] = {"choices": students}
+        fixed["student.model"] = demo
     return {
         "space": {
+            **extra,
             "hyperparameters.learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
             "hyperparameters.batch_size": {"choices": [8, 16, 32]},
             "hyperparameters.lr_schedule": {"choices": ["linear", "cosine", "constant"]},
@@ -79,6 +96,19 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--timeout-min", type=float, default=30.0, help="start no trial after this many minutes")
     ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument(
+        "--kd",
+        action="store_true",
+        help=f"the teacher's top-{KD_TOP_K} logprobs are captured at generation and the space adds kd.alpha and "
+        "kd.temperature (logit KD; alpha 0 is SFT)",
+    )
+    ap.add_argument(
+        "--widths",
+        type=int,
+        nargs="*",
+        default=[],
+        help="the space also holds the student: these hidden sizes (2 layers, as the demo's) beside the demo's 80",
+    )
     a = ap.parse_args()
     rd = a.run_dir or Path("runs/bench-tune-quick-small" if a.small else "runs/bench-tune-quick")
     print(f"machine: {machine()}", flush=True)
@@ -90,6 +120,8 @@ def main() -> None:
             _truncate(assets / f"{name}.jsonl", SMALL[name])
     spec = demo_spec(assets.resolve(), quick=True)
     spec["hyperparameters"]["max_steps"] = steps
+    if a.kd:
+        spec["generation"]["logprobs"] = KD_TOP_K  # the fixed recipe ignores them (no kd section)
     (assets / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
     run_pipeline(validate_spec(spec), rd, log=print)  # the fixed recipe, as potstill run does
@@ -100,7 +132,11 @@ def main() -> None:
 
     cap_min = fixed_s / 60
     tuned_spec = {**spec, "hyperparameters": {**spec["hyperparameters"], "max_minutes": round(cap_min, 3)}}
-    tuned_spec["tune"] = tune_section(steps, cap_min, trials, None if a.small else 60 * a.timeout_min)
+    demo = str((assets / "student").resolve())
+    by_width = {STUDENT["hidden"]: demo} | dict(zip(a.widths, ladder(assets, a.widths), strict=True))
+    students = [by_width[w] for w in sorted(by_width)] if a.widths else []
+    timeout = None if a.small else 60 * a.timeout_min
+    tuned_spec["tune"] = tune_section(steps, cap_min, trials, timeout, a.kd, students, demo)
     t0 = time.perf_counter()
     run_tune(validate_spec(tuned_spec), rd, log=print)
     wall = time.perf_counter() - t0
