@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 from conftest import job_dict, run_cli
@@ -193,7 +194,7 @@ def test_median_pruner_stops_a_student_that_does_not_learn(tiny_models: dict, tm
     d = tune_job(
         tiny_models,
         tmp_path,
-        pruner={"kind": "median", "startup_trials": 2},
+        pruner={"kind": "median", "startup_trials": 2, "noise_margin": False},  # 6 rows: 0/6 vs 2/6 is noise
         start_with=[{LR: GOOD}, {LR: GOOD}, {LR: BAD}],
     )
     lines: list[str] = []
@@ -208,6 +209,52 @@ def test_median_pruner_stops_a_student_that_does_not_learn(tiny_models: dict, tm
     steps = [e["step"] for e in RunDir(rd / pruned["folder"]).events("train", "step")]
     assert steps and max(steps) < 40  # its training stopped early
     assert s["best"]["number"] in (0, 1)
+
+
+def _pruned(pruner: Any, done: list[float], value: float, rows: int, step: int = 20) -> bool:
+    """Would ``pruner`` stop a trial reporting ``value`` at ``step`` after complete trials that reported ``done``
+    there (accuracy, maximised; the trial's reports scored ``rows`` rows)?"""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for v in done:
+        t = study.ask()
+        t.report(v, step)
+        study.tell(t, v)
+    t = study.ask()
+    t.set_user_attr("report_rows", rows)
+    t.report(value, step)
+    return t.should_prune()
+
+
+def test_the_median_pruner_keeps_a_trial_within_the_noise_of_the_median() -> None:
+    from potstill.tune.pruning import noise_aware_median
+
+    plain = optuna.pruners.MedianPruner(n_startup_trials=3)
+    aware = noise_aware_median(64, startup_trials=3, warmup_pct=0)
+    # at the first report every student is near 0 (the demo's: 0-5 % on 64 rows): 0/64 against a median of 1/64
+    near_zero = [0.0, 1 / 64, 2 / 64]
+    assert _pruned(plain, near_zero, 0.0, 64)  # Optuna's rule stops it on one row's difference
+    assert not _pruned(aware, near_zero, 0.0, 64)
+    # later the others climbed: far below them is pruned by both
+    climbed = [0.30, 0.35, 0.40]
+    assert _pruned(plain, climbed, 0.05, 64) and _pruned(aware, climbed, 0.05, 64)
+    assert not _pruned(aware, climbed, 0.30, 64)  # 0.30 against 0.35: within 1.96 standard errors on 64 rows
+    assert _pruned(aware, climbed, 0.30, 2000)  # the same gap on 2,000 rows is not noise
+    assert not _pruned(aware, [1 / 3, 1 / 3, 1 / 3], 0.0, 6)  # 0/6 against 2/6 on the tiny split: noise
+
+
+def test_the_pruner_follows_the_spec(tiny_models: dict, tmp_path: Path) -> None:
+    from potstill.tune.study import _pruner
+
+    def kind(task: str, **pruner: Any) -> str:
+        d = tune_job(tiny_models, tmp_path, pruner={"kind": "median", **pruner})
+        d["task_type"] = task
+        if task == "conversation":
+            d["filters"] = ["nonempty"]
+        return type(_pruner(validate_spec(d))).__name__
+
+    assert kind("math") == "NoiseAwareMedianPruner"  # accuracy: a share, binomial noise
+    assert kind("math", noise_margin=False) == "MedianPruner"
+    assert kind("conversation") == "MedianPruner"  # BLEU: no known noise per report
 
 
 # --------------------------------------------------------------------------------------------- resume

@@ -7,7 +7,7 @@
         student.model: {choices: [students/s, students/m, students/l]}
       trials: 20
       objective: {metric: accuracy, direction: maximize, constraints: ["latency_ms_p50 <= 30"]}
-      pruner: median                            # median | hyperband | none, or {kind, startup_trials, warmup_pct}
+      pruner: median                      # median | hyperband | none | {kind, startup_trials, warmup_pct, noise_margin}
 
 Each space entry is checked against the spec's own field (its type and range), so a typo in a path, a range
 with low > high or a choice of the wrong type is a ``file:line`` error before anything runs.
@@ -314,6 +314,11 @@ class PrunerSpec(_Strict):
     kind: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(5, ge=0, description="median: trials that finish before any is pruned")
     warmup_pct: int = Field(0, ge=0, le=100, description="median: no pruning before this % of a trial's training")
+    noise_margin: bool = Field(
+        True,
+        description="median, accuracy or exact_match: prune only below the median by more than the report's "
+        "sampling noise (1.96 binomial standard errors over the rows a report scores)",
+    )
 
 
 class TuneSpec(_Strict):

@@ -28,6 +28,7 @@ from typing import IO, Any
 from ..config import JobSpec
 from ..errors import PotstillError
 from ..run_dir import RunDir
+from .pruning import SHARES, noise_aware_median
 from .space import study_fingerprint
 
 HEARTBEAT_S = 30  # a running trial's heartbeat (shared storages)
@@ -127,6 +128,8 @@ def _pruner(spec: JobSpec) -> Any:
     assert spec.tune is not None
     p = spec.tune.pruner
     match p.kind:
+        case "median" if p.noise_margin and spec.tune.metric(spec.task_type) in SHARES:  # binomial noise
+            return noise_aware_median(spec.tune.report_rows, p.startup_trials, p.warmup_pct)
         case "median":
             return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_pct)
         case "hyperband":  # steps are percentages of training: a tenth at least, all of it at most
