@@ -167,14 +167,33 @@ class Bench:
         return accuracy(model, self.tok, self.sp["test"])
 
 
-def part_accuracy(b: Bench, sft_steps: int, out: list[dict[str, Any]], lmbdas: tuple[float, ...] = (0.5, 1.0)) -> Any:
-    print(f"\n## accuracy at equal wall-clock (load average before: {load()})", flush=True)
+def sft_row(b: Bench, sft_steps: int) -> tuple[Any, list[dict[str, Any]]]:
+    """The SFT student trained for ``sft_steps`` (the budget of the equal-compute parts) and its row."""
     sft = b.student()
     budget, wall, _ = b.train(sft, sft_steps)
+    row = {"method": "SFT", "steps": sft_steps, "sampled_steps": 0, "cpu_s": budget, "wall_s": wall}
+    row["accuracy"] = b.score(sft)
+    print(json.dumps(row), flush=True)
+    return sft, [row]
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The markdown table of an equal-compute part; the first row (SFT) is the baseline."""
+    print("| method | steps (of them student-sampled) | training CPU s | wall s | test accuracy | vs SFT |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        gain = 100 * (r["accuracy"] - rows[0]["accuracy"])
+        print(
+            f"| {r['method']} | {r['steps']} ({r['sampled_steps']}) | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
+            f"{100 * r['accuracy']:.1f} % | {gain:+.1f} points |"
+        )
+
+
+def part_accuracy(b: Bench, sft_steps: int, out: list[dict[str, Any]], lmbdas: tuple[float, ...] = (0.5, 1.0)) -> Any:
+    print(f"\n## accuracy at equal wall-clock (load average before: {load()})", flush=True)
+    sft, rows = sft_row(b, sft_steps)
+    budget = rows[0]["cpu_s"]
     t_sft = budget / sft_steps
-    rows = [{"method": "SFT", "steps": sft_steps, "sampled_steps": 0, "cpu_s": budget, "wall_s": wall}]
-    rows[-1]["accuracy"] = b.score(sft)
-    print(json.dumps(rows[-1]), flush=True)
 
     # step times: dense KD does not depend on the student; on-policy steps measured on the SFT student
     probe = 12
@@ -202,17 +221,9 @@ def part_accuracy(b: Bench, sft_steps: int, out: list[dict[str, Any]], lmbdas: t
         rows[-1]["accuracy"] = b.score(model)
         print(json.dumps(rows[-1]), flush=True)
     print(f"load average after: {load()}\n")
-    print("| method | steps (of them student-sampled) | training CPU s | wall s | test accuracy | vs SFT |")
-    print("|---|---|---|---|---|---|")
-    base = rows[0]["accuracy"]
-    for r in rows:
-        gain = 100 * (r["accuracy"] - base)
-        print(
-            f"| {r['method']} | {r['steps']} ({r['sampled_steps']}) | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
-            f"{100 * r['accuracy']:.1f} % | {gain:+.1f} points |"
-        )
+    print_table(rows)
     if lmbdas:
-        best = max(r["accuracy"] for r in rows[2:])
+        best, base = max(r["accuracy"] for r in rows[2:]), rows[0]["accuracy"]
         verdict = "met" if 100 * (best - base) >= 10 else "NOT met"
         print(
             f"\ntarget on-policy >= SFT + 10 points: {verdict} (best on-policy {100 * best:.1f} %, "
@@ -231,12 +242,9 @@ def part_captured(
     print(f"\n## captured top-{k} logprobs, equal compute (load average before: {load()})", flush=True)
     pre = b.captured(k)
     print(f"top-{k} logprobs over the {len(b.plain)} answers: {pre:.0f} CPU s (generation's work; in no budget)")
-    sft = b.student()
-    budget, wall, _ = b.train(sft, sft_steps)
+    sft, rows = sft_row(b, sft_steps)
+    budget = rows[0]["cpu_s"]
     t_sft = budget / sft_steps
-    rows = [{"method": "SFT", "steps": sft_steps, "sampled_steps": 0, "cpu_s": budget, "wall_s": wall}]
-    rows[-1]["accuracy"] = b.score(sft)
-    print(json.dumps(rows[-1]), flush=True)
 
     def top_cpu(steps: int) -> float:
         p = b.student()
@@ -264,14 +272,7 @@ def part_captured(
         rows[-1]["accuracy"] = b.score(model)
         print(json.dumps(rows[-1]), flush=True)
     print(f"load average after: {load()}\n")
-    print("| method | steps (of them student-sampled) | training CPU s | wall s | test accuracy | vs SFT |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        gain = 100 * (r["accuracy"] - rows[0]["accuracy"])
-        print(
-            f"| {r['method']} | {r['steps']} ({r['sampled_steps']}) | {r['cpu_s']:.0f} | {r['wall_s']:.0f} | "
-            f"{100 * r['accuracy']:.1f} % | {gain:+.1f} points |"
-        )
+    print_table(rows)
     out.extend({**r, "part": "captured", "k": k} for r in rows)
 
 

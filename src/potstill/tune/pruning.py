@@ -14,6 +14,7 @@ optimiser step, and its training stops on these same values when they stop impro
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from ..config import JobSpec
@@ -47,11 +48,10 @@ def noise_aware_median(default_rows: int, startup_trials: int, warmup_pct: int) 
             rows = max(1, int(trial.user_attrs.get("report_rows", default_rows)))  # what the reports scored
             step = trial.last_step
             done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            there = sorted(v for t in done if not math.isnan(v := t.intermediate_values.get(step, math.nan)))
+            there = [v for t in done if not math.isnan(v := t.intermediate_values.get(step, math.nan))]
             if not there:
                 return False
-            mid = len(there) // 2
-            median = there[mid] if len(there) % 2 else (there[mid - 1] + there[mid]) / 2
+            median = statistics.median(there)
             p = min(max(median, 1 / rows), 1 - 1 / rows)
             margin = Z * math.sqrt(p * (1 - p) / rows)
             if study.direction == optuna.study.StudyDirection.MAXIMIZE:
