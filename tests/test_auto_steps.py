@@ -96,6 +96,43 @@ def test_the_time_cap_stops_after_a_last_validation(tok, monkeypatch: pytest.Mon
     assert res["stop_reason"] == "time" and res["steps"] == 5
 
 
+@pytest.mark.parametrize("eval_every", [1, 2, 100])
+def test_validation_and_checkpoints_do_not_count_toward_the_time_cap(
+    tok,  # noqa: F811
+    tmp_path: Path,
+    eval_every: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fake clock: 10 s per optimiser step, 100 s per validation (its metric check), 50 s per checkpoint. A 35 s
+    cap trains 5 steps however often the run validates and saves; the rest is reported, not counted. (With
+    them counted, a tune trial that reports to the pruner trained fewer steps than the fixed recipe it is
+    compared with, inside the same cap.)"""
+    rows, val = _rows(tok)
+    spent = {"train": 0.0, "other": 0.0}
+    monkeypatch.setattr(trainer, "clock", lambda: spent["train"] + spent["other"])
+    save = trainer.save_checkpoint
+
+    def slow_save(*a: Any, **k: Any) -> Any:
+        spent["other"] += 50.0
+        return save(*a, **k)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", slow_save)
+
+    def log(event: str, **k: Any) -> None:
+        if event == "step":
+            spent["train"] += 10.0
+
+    def hook(step: int, total: int, val_loss: float, model: Any) -> float:
+        spent["other"] += 100.0
+        return 0.5
+
+    cfg = FitConfig(batch_size=4, warmup_ratio=0, num_epochs=100, max_seconds=35, eval_every=eval_every, save_every=1)
+    model = tiny_llama(tok, hidden=16, layers=1, heads=2, seed=5)
+    res = fit(model, rows, val, cfg, tok.pad_token_id, tmp_path / str(eval_every), log, on_validation=hook)
+    assert res["stop_reason"] == "time" and res["steps"] == 5
+    assert res["train_seconds"] == 50.0 and res["paused_seconds"] == spent["other"] > 5 * 50.0
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_a_time_cap_ends_the_learning_rate_schedule_with_it(
     tok,  # noqa: F811

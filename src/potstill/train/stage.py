@@ -402,6 +402,7 @@ def run_train(spec: JobSpec, rd: RunDir) -> dict[str, Any]:
         "stop_reason": result["stop_reason"],
         **({"metric": result["metric"]} if result.get("metric") is not None else {}),
         "train_seconds": result["train_seconds"],
+        "paused_seconds": result["paused_seconds"],
     }
 
 

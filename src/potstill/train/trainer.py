@@ -314,6 +314,12 @@ def fit(
     student_tail = on_policy is not None and keeps_logits_tail(model)
     best_mem: dict[str, torch.Tensor] | None = None
     t0 = clock()
+    paused = 0.0  # seconds in validation, metric checks and checkpoint writes: not counted by the time cap
+
+    def trained() -> float:
+        """The training's own seconds, summed over resumes: what ``max_seconds`` caps."""
+        return spent + clock() - t0 - paused
+
     train_loss = float("nan")
     batch_of = Collator(rows, pad_id)  # each row's tensors built once, not every epoch
     lengths = [len(r.input_ids) for r in rows] if cfg.group_by_length else None
@@ -367,7 +373,7 @@ def fit(
             else:
                 opt.step()
             if cfg.max_seconds:  # the share after this step; the processes' clocks differ: their mean
-                mine = torch.tensor([min(1.0, (spent + clock() - t0) / cfg.max_seconds)])
+                mine = torch.tensor([min(1.0, trained() / cfg.max_seconds)])
                 share[0] = float(mine[0] if dist.world == 1 else dist.all_sum(mine)[0] / dist.world)
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -390,8 +396,9 @@ def fit(
                     rec.update(gkd=round(kd_v, 5), completion_tokens=int(n1))
                     rec.update({"seq_kd": 1} if mode == "teacher" else {})
             end_of_epoch = pos >= len(batches)
-            out_of_time = cfg.max_seconds is not None and _agreed(dist, spent + clock() - t0 >= cfg.max_seconds)
+            out_of_time = cfg.max_seconds is not None and _agreed(dist, trained() >= cfg.max_seconds)
             due = end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0) or step == total or out_of_time
+            v0 = clock()
             if val_rows and due:
                 val = evaluate_loss(model, val_rows, pad_id, dist=dist)
                 rec["val_loss"] = round(val, 5)
@@ -418,11 +425,13 @@ def fit(
                         log("plateau", step=step, best_step=stopper.best_step, best_metric=best_v)
                     else:
                         log("early_stop", step=step, best_step=stopper.best_step, best_val_loss=best_v)
+            paused += clock() - v0
             if out_of_time and not stopped:
                 stopped, reason = True, "time"
-                log("time_cap", step=step, train_seconds=round(spent + clock() - t0, 2), max_seconds=cfg.max_seconds)
+                log("time_cap", step=step, train_seconds=round(trained(), 2), max_seconds=cfg.max_seconds)
             history.append(rec)
             log("step", **rec, elapsed_s=round(clock() - t0, 2))
+            v0 = clock()
             if ckpt_dir is not None and (step % cfg.save_every == 0 or step == total or stopped):
                 state = {
                     "model": {} if dist.sharded else trainable_state(dist.unwrap(model)),
@@ -437,7 +446,7 @@ def fit(
                     "history": history,
                     "stopped": stopped,
                     "stop_reason": reason,
-                    "elapsed_s": spent + clock() - t0,
+                    "elapsed_s": trained(),
                     **losses.state(),
                     **({"plateau": stopper.state()} if plateau else {}),
                 }
@@ -446,6 +455,7 @@ def fit(
                         ckpt_dir, step, state, cfg.keep_checkpoints, ckpt_key, dist.acc if dist.sharded else None
                     )
                     log("checkpoint", step=step, path=path.name)
+            paused += clock() - v0
         if pos >= len(batches):
             epoch, pos = epoch + 1, 0
     dist.barrier()
@@ -467,5 +477,6 @@ def fit(
         "history": history,
         "stop_reason": reason or "steps",
         "metric": round(-stopper.best, 5) if plateau and stopper.best is not None else None,
-        "train_seconds": round(spent + clock() - t0, 3),
+        "train_seconds": round(trained(), 3),
+        "paused_seconds": round(paused, 3),
     }
