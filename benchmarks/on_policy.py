@@ -30,6 +30,9 @@
    (``generation.logprobs`` + ``kd.source: logprobs``: no teacher forward pass in them); SFT, top-k KD alone,
    and on-policy for each of ``--lmbdas``.
 
+5. ``--part seeds [--seeds 42 1 2 3]`` (not in "all"): SFT and top-k KD (captured) at SFT's steps, once per
+   training seed (the data order): how far one training's accuracy moves with its seed alone.
+
 Prints the CPU (model, AVX flags) and the load average before and after each part: the 2-core development
 machine is shared with other jobs, so seconds move between runs. trl is a benchmark/test dependency only
 (``pip install -c constraints.txt "trl>=0.20"``).
@@ -41,6 +44,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,6 +280,29 @@ def part_captured(
     out.extend({**r, "part": "captured", "k": k} for r in rows)
 
 
+def part_seeds(b: Bench, sft_steps: int, out: list[dict[str, Any]], k: int, seeds: list[int]) -> None:
+    """SFT and top-k KD (captured) at ``sft_steps`` steps, one training per seed (the data order): how far one
+    training's accuracy moves with its seed alone."""
+    print(f"\n## seeds (load average before: {load()})", flush=True)
+    b.captured(k)
+    rows = []
+    for seed in seeds:
+        for method in ("SFT", f"top-{k} KD"):
+            model = b.student()
+            kw = {} if method == "SFT" else {"distiller": b.topk_kd(model), "rows": b.topk_packed}
+            c0, t0 = time.process_time(), time.perf_counter()
+            fit(model, kw.pop("rows", b.packed), [], cfg(sft_steps, seed), b.tok.pad_token_id, **kw)
+            rows.append({"method": method, "seed": seed, "steps": sft_steps, "cpu_s": time.process_time() - c0})
+            rows[-1] |= {"wall_s": time.perf_counter() - t0, "accuracy": b.score(model)}
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {load()}\n")
+    for method in ("SFT", f"top-{k} KD"):
+        accs = [100 * r["accuracy"] for r in rows if r["method"] == method]
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        print(f"{method}: {', '.join(f'{a:.1f}' for a in accs)} %; mean {statistics.mean(accs):.1f} (sd {sd:.1f})")
+    out.extend({**r, "part": "seeds"} for r in rows)
+
+
 def potstill_steps(b: Bench, student: Any, steps: int, bs: int) -> float:
     """Steps/s of fit() with lmbda 1 over the steps after the first two (each step's time from the step log)."""
     times: list[float] = []
@@ -410,7 +437,7 @@ def part_speed(b: Bench, student: Any, steps: int, bs: int, out: list[dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps", "captured"], default="all")
+    ap.add_argument("--part", choices=["all", "accuracy", "speed", "steps", "captured", "seeds"], default="all")
     ap.add_argument("--sft-steps", type=int, default=SIZES[True]["steps"], help="SFT's steps: the budget")
     ap.add_argument("--speed-steps", type=int, default=12)
     ap.add_argument("--speed-batch", type=int, default=16)
@@ -421,6 +448,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20, help="--part captured: top-k logprobs per position")
     ap.add_argument("--warm-share", type=float, default=0.5, help="--part captured: warm-up, a share of SFT's steps")
     ap.add_argument("--lmbdas", type=float, nargs="*", default=[0.5, 1.0])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[42, 1, 2, 3], help="--part seeds: the training seeds")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     print(f"machine: {machine()}")
@@ -431,6 +459,8 @@ def main() -> None:
         student = part_accuracy(b, a.sft_steps, out, () if a.no_on_policy else (0.5, 1.0))
     if a.part == "captured":
         part_captured(b, a.sft_steps, out, a.k, a.warm_share, tuple(a.lmbdas))
+    if a.part == "seeds":
+        part_seeds(b, a.sft_steps, out, a.k, a.seeds)
     if a.part == "steps":
         part_steps(b, a.sft_steps, out, not a.no_on_policy)
     if a.part in ("all", "speed"):

@@ -6,6 +6,7 @@ test than the fixed recipe).
     PYTHONPATH=src python benchmarks/tune_quick.py --small        # a few minutes: checks that the script works
     PYTHONPATH=src python benchmarks/tune_quick.py --kd           # the space also holds logit KD (alpha 0 = SFT)
     PYTHONPATH=src python benchmarks/tune_quick.py --widths 96 128  # ... and the student's width (the demo's: 80)
+    PYTHONPATH=src python benchmarks/tune_quick.py --confirm 3 2    # the best 3 trained with 2 more seeds each
 
 1. The demo's --quick assets (its splits and untrained student; --small: the first 300 / 64 / 100 rows) and the
    fixed recipe (potstill.demo.RECIPE, 800 steps; --small: 100) run as ``potstill run`` does, in one folder:
@@ -45,9 +46,9 @@ def _truncate(path: Path, n: int) -> None:
     path.write_text("".join(lines[:n]))
 
 
-def distilled(rd: Path) -> dict[str, Any]:
-    results = json.loads((rd / "eval" / "results.json").read_text())
-    return next(m for m in results["models"] if m["role"] == "distilled")
+def distilled(rd: Path, results: str = "eval/results.json") -> dict[str, Any]:
+    data = json.loads((rd / results).read_text())
+    return next(m for m in data["models"] if m["role"] == "distilled")
 
 
 def tune_section(
@@ -103,6 +104,15 @@ def main() -> None:
         "kd.temperature (logit KD; alpha 0 is SFT)",
     )
     ap.add_argument(
+        "--confirm",
+        type=int,
+        nargs=2,
+        metavar=("TOP", "SEEDS"),
+        default=None,
+        help="tune.confirm: the best TOP trials trained again with SEEDS more seeds; the best mean wins (run again "
+        "in a finished tune's folder, it confirms that study's trials without new ones)",
+    )
+    ap.add_argument(
         "--widths",
         type=int,
         nargs="*",
@@ -124,19 +134,26 @@ def main() -> None:
         spec["generation"]["logprobs"] = KD_TOP_K  # the fixed recipe ignores them (no kd section)
     (assets / "job.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
-    run_pipeline(validate_spec(spec), rd, log=print)  # the fixed recipe, as potstill run does
-    fixed = distilled(rd)
-    fixed_s = float(RunDir(rd).stage("train")["counts"]["train_seconds"])  # what max_minutes caps
-    (rd / "fixed_results.json").write_text((rd / "eval" / "results.json").read_text())
-    print(f"fixed recipe: test accuracy {fixed['accuracy']:.1%}, {steps} steps in {fixed_s:.0f} s", flush=True)
-
-    cap_min = fixed_s / 60
-    tuned_spec = {**spec, "hyperparameters": {**spec["hyperparameters"], "max_minutes": round(cap_min, 3)}}
+    first = rd / "tune" / "trials" / "000" / "job.yaml"  # the fixed recipe's trial: the cap it ran under
+    if (rd / "fixed_results.json").exists() and first.exists():  # a finished tune's folder (e.g. --confirm)
+        fixed = distilled(rd, "fixed_results.json")
+        cap_min = float(yaml.safe_load(first.read_text())["hyperparameters"]["max_minutes"])
+        print(f"fixed recipe (run earlier): test accuracy {fixed['accuracy']:.1%}, cap {cap_min:.3f} min", flush=True)
+    else:
+        run_pipeline(validate_spec(spec), rd, log=print)  # the fixed recipe, as potstill run does
+        fixed = distilled(rd)
+        fixed_s = float(RunDir(rd).stage("train")["counts"]["train_seconds"])  # what max_minutes caps
+        (rd / "fixed_results.json").write_text((rd / "eval" / "results.json").read_text())
+        print(f"fixed recipe: test accuracy {fixed['accuracy']:.1%}, {steps} steps in {fixed_s:.0f} s", flush=True)
+        cap_min = round(fixed_s / 60, 3)
+    tuned_spec = {**spec, "hyperparameters": {**spec["hyperparameters"], "max_minutes": cap_min}}
     demo = str((assets / "student").resolve())
     by_width = {STUDENT["hidden"]: demo} | dict(zip(a.widths, ladder(assets, a.widths), strict=True))
     students = [by_width[w] for w in sorted(by_width)] if a.widths else []
     timeout = None if a.small else 60 * a.timeout_min
     tuned_spec["tune"] = tune_section(steps, cap_min, trials, timeout, a.kd, students, demo)
+    if a.confirm:
+        tuned_spec["tune"]["confirm"] = {"top": a.confirm[0], "seeds": a.confirm[1]}
     t0 = time.perf_counter()
     run_tune(validate_spec(tuned_spec), rd, log=print)
     wall = time.perf_counter() - t0

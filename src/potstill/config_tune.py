@@ -321,6 +321,11 @@ class PrunerSpec(_Strict):
     )
 
 
+class ConfirmSpec(_Strict):
+    top: int = Field(3, ge=1, le=100, description="the best trials (on validation) trained again")
+    seeds: int = Field(2, ge=1, le=100, description="more trainings of each, with seeds seed+1 .. seed+seeds")
+
+
 class TuneSpec(_Strict):
     space: dict[str, Param] = Field(min_length=1, description="dotted spec path -> range or choices")
     trials: int = Field(20, ge=1, le=100_000, description="finished trials wanted (complete or pruned)")
@@ -332,6 +337,11 @@ class TuneSpec(_Strict):
     seed: int = Field(0, description="seed of the sampler")
     start_with: list[dict[str, Any]] = Field(
         [], description="trials run first, e.g. [{hyperparameters.learning_rate: 2.0e-5}] (the rest sampled)"
+    )
+    confirm: ConfirmSpec | None = Field(
+        None,
+        description="after the search, train the best trials again with other seeds; the winner has the best mean "
+        "(one objective only)",
     )
 
     @field_validator("space", mode="before")
@@ -354,6 +364,17 @@ class TuneSpec(_Strict):
             raise ValueError(
                 f"{v.kind} cannot stop trials of a two-objective study (Optuna prunes single-objective studies "
                 "only): remove pruner or set it to none"
+            )
+        return v
+
+    @field_validator("confirm")
+    @classmethod
+    def _confirm_one_objective(cls, v: ConfirmSpec | None, info: ValidationInfo) -> ConfirmSpec | None:
+        objective = info.data.get("objective")
+        if v is not None and objective is not None and objective.metrics is not None:
+            raise ValueError(
+                "confirm picks the winner by its mean metric over seeds, which a two-objective study (a Pareto "
+                "front) does not have: remove confirm or the second objective"
             )
         return v
 

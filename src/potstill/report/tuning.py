@@ -192,6 +192,21 @@ def render_tuning(s: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
 
 
 def tuning_notes(s: dict[str, Any]) -> list[str]:
-    """Sentences for what a plot could not show (parameter importances that could not be computed)."""
+    """Sentences for what a plot could not show (parameter importances that could not be computed) and, with
+    tune.confirm, the best trials' runs with other seeds."""
     imp = s.get("importances") or {}
-    return [f"Parameter importances: {imp['note']}"] if imp.get("note") else []
+    out = [f"Parameter importances: {imp['note']}"] if imp.get("note") else []
+    rows = s.get("confirm") or []
+    if rows:
+        metric = s.get("metric", "metric")
+        each = "; ".join(
+            f"#{r['number']:03d} {r['mean']:.4g} ± {r['sd']:.2g} (trial {r['value']:.4g}, then "
+            + ", ".join(f"{v:.4g}" for v in r["seeds"].values())
+            + ")"
+            for r in rows
+        )
+        out.append(
+            f"Confirmed with {len(rows[0]['seeds'])} more training seed(s) each, the mean validation {metric} "
+            f"decides: {each}. Winner: #{rows[0]['number']:03d}."
+        )
+    return out

@@ -5,7 +5,9 @@
 1. generate and validate run once, as in `potstill run` (the request cache: no teacher call is ever repeated);
 2. trials (tune/trials/NNN/, each an ordinary train -> evaluate run on the shared data/) until ``trials`` of
    them finished (complete or pruned) or ``timeout`` seconds passed; each is scored on the validation split;
-3. the best feasible trial's student is promoted to student/, then evaluate (the test split, touched here
+3. with ``tune.confirm``, the best trials are trained again with other seeds and the best mean wins
+   (tune/confirm.py);
+4. the best feasible trial's student is promoted to student/, then evaluate (the test split, touched here
    only) and report run as usual. tune/summary.json lists every trial and the winner.
 
 Re-running continues the same study (tune/study.sqlite): finished trials are kept, a trial killed mid-way is run
@@ -33,6 +35,7 @@ from ..data.jsonl import read_examples
 from ..errors import ConfigError, DataError, PotstillError, TrainingError
 from ..pipeline import run_lock, run_pipeline
 from ..run_dir import RunDir, read_jsonl
+from .confirm import best_run, confirm, means
 from .study import CreationLock, default_storage, finished, finished_and_running, open_study
 from .summary import best_trial, promote, summary, trial_line
 from .trial import Trial, is_here, retrain
@@ -79,10 +82,16 @@ def run_tune(
                 if code != 0:
                     say(f"tune: worker {i + 1} ended with exit status {code} (its lines above say why)")
             rd.write_json(rd.root / "tune" / "summary.json", summary(study, spec, url, target))
+        if spec.tune.confirm is not None:
+            confirm(study, spec, rd, n_rows, say)
+            rd.write_json(rd.root / "tune" / "summary.json", summary(study, spec, url, target))
         best = best_trial(study)
         if best is None:
             raise TrainingError(_no_winner(study, spec))
-        if is_here(rd, best.user_attrs):
+        run = best_run(study, best.number)  # tune.confirm: the winning recipe's best run on validation
+        if run is not None and (rd.root / run).is_dir():
+            winner = RunDir(rd.root / run)
+        elif is_here(rd, best.user_attrs):
             winner = RunDir(rd.root / best.user_attrs["folder"])
         else:
             say(
@@ -94,11 +103,9 @@ def run_tune(
         final = winner_spec(spec, winner)
         promoted = promote(rd, winner)
         if promoted:
-            rd.event("tune", "promoted", trial=best.number, params=best.params, value=best.values[0])
-            metric = spec.tune.metric(spec.task_type)
-            on = "of the Pareto front " if len(best.values) > 1 else ""
-            value = best.values[0]
-            say(f"tune: #{best.number:03d} wins {on}({metric} {value:.3g} on validation), promoted to student/")
+            folder = str(winner.root.relative_to(rd.root))
+            rd.event("tune", "promoted", trial=best.number, folder=folder, params=best.params, value=best.values[0])
+            say(_promoted_line(study, spec, best, folder))
         run_pipeline(final, rd.root, only=["evaluate", "report"], force=promoted, log=say)
     return rd
 
@@ -177,6 +184,21 @@ def _requeue(study: Any, number: int) -> None:
     t = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
     if t.params:
         study.enqueue_trial(dict(t.params), user_attrs={"retry_of": number})
+
+
+def _promoted_line(study: Any, spec: JobSpec, best: Any, folder: str) -> str:
+    assert spec.tune is not None
+    metric = spec.tune.metric(spec.task_type)
+    row = next((r for r in means(study) or [] if r["number"] == best.number), None)
+    if row is not None:  # tune.confirm: the recipe by its mean, the student by its run
+        own = folder == best.user_attrs.get("folder")
+        score = row["value"] if own else row["seeds"].get(folder.rsplit("seed", 1)[-1], row["value"])
+        return (
+            f"tune: #{best.number:03d} wins on its mean {metric} over {1 + len(row['seeds'])} seeds "
+            f"({row['mean']:.3g} on validation); its run {folder} ({score:.3g}) promoted to student/"
+        )
+    on = "of the Pareto front " if len(best.values) > 1 else ""
+    return f"tune: #{best.number:03d} wins {on}({metric} {best.values[0]:.3g} on validation), promoted to student/"
 
 
 def _check_references(spec: JobSpec) -> None:

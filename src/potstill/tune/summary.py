@@ -11,7 +11,10 @@ summary.json:
                  "pruned_at_step" (max_steps: auto), "retry_of", "resumed_from_trial" (it continued that dead
                  trial's training from its checkpoint), "continued_in" (the reverse), "error"}],
      "best": {"number", "params", "value", "folder"} | null,
-     "importances": {"values": {path: share}, "method"} | {"note": why they could not be computed}}
+     "importances": {"values": {path: share}, "method"} | {"note": why they could not be computed},
+     "confirm": null | [{"number", "value", "seeds": {seed: value}, "mean", "sd", "best_run" (its folder with the
+                best validation score)}] (tune.confirm: the best trials trained again with other seeds, best mean
+                first; the winner is the first, and its best_run's student is promoted)}
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 from ..config import JobSpec
 from ..run_dir import RunDir, atomic_replace_dir
+from .confirm import confirmed, feasible, means
 from .pareto import best_on_front, pareto_front
 from .study import shown_url
 
@@ -51,29 +55,26 @@ def _row(t: Any, metric: str) -> dict[str, Any]:
     }
 
 
-def _feasible(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
-
-    return [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible", True)]
-
-
 def _senses(study: Any) -> list[str]:
     return ["max" if d.name == "MAXIMIZE" else "min" for d in study.directions]
 
 
 def front(study: Any) -> list[Any]:
     """The feasible complete trials no other feasible one beats on every objective."""
-    ok = _feasible(study)
+    ok = feasible(study)
     return [ok[i] for i in pareto_front([t.values for t in ok], _senses(study))]
 
 
 def best_trial(study: Any) -> Any | None:
     """The best complete trial that met every constraint, or None. One objective: the best value (ties: the
     earlier). Two: the Pareto front's best by the first objective (the task's metric; ties: the better second
-    objective, then the earlier)."""
-    ok = _feasible(study)
+    objective, then the earlier). With tune.confirm, once the best trials have their runs with other seeds: the
+    best mean over them (tune/confirm.py)."""
+    ok = feasible(study)
     i = best_on_front([t.values for t in ok], _senses(study))
-    return None if i is None else ok[i]
+    if i is None:
+        return None
+    return confirmed(study) or ok[i]
 
 
 def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
@@ -108,6 +109,7 @@ def summary(study: Any, spec: JobSpec, url: str, target: int) -> dict[str, Any]:
             "folder": best.user_attrs["folder"],
         },
         "importances": importances(study),
+        "confirm": means(study),
     }
 
 
