@@ -41,10 +41,10 @@ def _maximize(study: Any) -> bool:
     return bool(study.directions[0].name == "MAXIMIZE")
 
 
-def candidates(study: Any, top: int) -> list[Any]:
-    """The ``top`` best feasible complete trials by their value (ties: the earlier)."""
+def candidates(study: Any, top: int, ok: list[Any] | None = None) -> list[Any]:
+    """The ``top`` best feasible complete trials by their value (ties: the earlier); ``ok``: feasible(study)."""
     sign = -1.0 if _maximize(study) else 1.0
-    return sorted(feasible(study), key=lambda t: (sign * t.values[0], t.number))[:top]
+    return sorted(feasible(study) if ok is None else ok, key=lambda t: (sign * t.values[0], t.number))[:top]
 
 
 def _record(study: Any) -> dict[str, Any]:
@@ -57,14 +57,15 @@ def means(study: Any) -> list[dict[str, Any]] | None:
     if not rec or len(study.directions) != 1:
         return None
     seeds, scores = [str(s) for s in rec.get("seeds", [])], rec.get("scores", {})
-    top = candidates(study, int(rec.get("top", 1)))
-    if any(s not in scores.get(str(t.number), {}) for t in top for s in seeds):
+    ok = feasible(study)
+
+    def done(t: Any) -> bool:
+        return all(s in scores.get(str(t.number), {}) for s in seeds)
+
+    if not all(done(t) for t in candidates(study, int(rec.get("top", 1)), ok)):
         return None
-    scored = {t.number for t in top} | {
-        t.number for t in feasible(study) if all(s in scores.get(str(t.number), {}) for s in seeds)
-    }  # a trial confirmed earlier stays in the running when later trials push it out of the top
     rows = []
-    for t in (t for t in feasible(study) if t.number in scored):
+    for t in filter(done, ok):  # the top ones, and any confirmed earlier that later trials pushed out of the top
         got = scores[str(t.number)]
         runs = [float(got[s]) for s in seeds]
         values = [float(t.values[0]), *runs]
