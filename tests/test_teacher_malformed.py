@@ -80,8 +80,9 @@ def test_a_transient_shape_is_retried_and_the_row_answered(fault: str, fake_open
     assert len(rows) == 6 and all(r["output"] == expected(r) for r in rows.values()), rows
     assert all(r["logprobs"]["tokens"] for r in rows.values())  # the retried answer carries its logprobs too
     assert [e.outcome for e in srv.log if question(e.body) == 1] == [fault, "ok"]
-    (retry,) = rd.events("generate", "retry")
-    assert SHAPES[fault][1] in retry["error"] and readable(retry["error"]), retry
+    # the fault's retry (another request may also be retried, e.g. a timeout on a loaded machine)
+    retries = [r for r in rd.events("generate", "retry") if SHAPES[fault][1] in r["error"]]
+    assert len(retries) == 1 and readable(retries[0]["error"]), rd.events("generate", "retry")
 
 
 @pytest.mark.parametrize("fault", list(SHAPES))
